@@ -33,6 +33,10 @@
  * to keep the connection; past it the connection is closed instead. */
 #define LIMIT_DISCARD_BODY (1024 * 1024)
 
+/* On shutdown, connections whose last response is still being written get this long to drain
+ * before they are closed regardless. */
+#define LIMIT_SHUTDOWN_DRAIN_MS 2000
+
 /* --- Connect RPC ----------------------------------------------------------------------------- */
 
 /* Unary request bodies and single stream envelopes. The largest envd request is SendInput with

@@ -42,6 +42,9 @@ enum opt_id {
     O_NO_CGROUPS,
     O_COMMIT,
     O_TEST_HOST_CID,
+    O_HEADER_TIMEOUT_MS,
+    O_IDLE_TIMEOUT_MS,
+    O_MAX_CONNECTIONS,
     O_ACCESS_TOKEN, /* refused: never from argv or the config file */
 };
 
@@ -74,6 +77,9 @@ static const struct opt opts[] = {
         {"no-cgroups", O_NO_CGROUPS, OPT_BOOL, true},
         {"commit", O_COMMIT, OPT_BOOL, false},
         {"test-host-cid", O_TEST_HOST_CID, OPT_STRING, false},
+        {"header-timeout-ms", O_HEADER_TIMEOUT_MS, OPT_STRING, true},
+        {"idle-timeout-ms", O_IDLE_TIMEOUT_MS, OPT_STRING, true},
+        {"max-connections", O_MAX_CONNECTIONS, OPT_STRING, true},
         {"access-token", O_ACCESS_TOKEN, OPT_STRING, true},
 };
 
@@ -234,6 +240,26 @@ static int apply(struct guestd_config *c, const struct opt *o, const char *v, bo
         }
         if (parse_u32(v, &c->test_host_cid) < 0) {
             (void) snprintf(err, errlen, "invalid CID '%s'", v);
+            return -EINVAL;
+        }
+        return 0;
+    case O_HEADER_TIMEOUT_MS:
+    case O_IDLE_TIMEOUT_MS: {
+        uint64_t ms;
+        if (parse_u64(v, &ms) < 0 || ms == 0 || ms > 24ULL * 3600 * 1000) {
+            (void) snprintf(err, errlen, "invalid %s '%s' (1 ms to 24 h)", o->name, v);
+            return -EINVAL;
+        }
+        if (o->id == O_HEADER_TIMEOUT_MS)
+            c->header_timeout_ms = ms;
+        else
+            c->idle_timeout_ms = ms;
+        return 0;
+    }
+    case O_MAX_CONNECTIONS:
+        if (parse_u32(v, &c->max_connections) < 0 || c->max_connections == 0 ||
+            c->max_connections > 1000000) {
+            (void) snprintf(err, errlen, "invalid max-connections '%s'", v);
             return -EINVAL;
         }
         return 0;
@@ -436,6 +462,9 @@ const char *config_usage(void)
            "  --trust-host-vsock       vsock peers with the host CID need no token\n"
            "  --clock-sync MODE        auto (step the clock from /init only as PID 1), on, off\n"
            "  --run-dir DIR            where envd's marker files go (default /run/e2b)\n"
+           "  --header-timeout-ms MS   time allowed for a request's headers (default 10000)\n"
+           "  --idle-timeout-ms MS     idle keep-alive connections close after this (default 640000)\n"
+           "  --max-connections N      open connections at most (default 4096)\n"
            "  --log-level LEVEL        error, warn, info (default), debug\n"
            "  --log-format FORMAT      text (default) or json\n"
            "  --config FILE            key = value file (default " CONFIG_DEFAULT_PATH ")\n"

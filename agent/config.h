@@ -45,6 +45,10 @@ struct guestd_config {
     bool verbose;
     char *cgroup_root;
     bool no_cgroups;
+    /* HTTP limits (0: the defaults in agent-limits.h) */
+    uint64_t header_timeout_ms;
+    uint64_t idle_timeout_ms;
+    uint32_t max_connections;
     /* actions */
     bool show_version;
     bool show_help;

@@ -173,6 +173,8 @@ int main(int argc, char **argv)
         log_error("out of memory");
         return 1;
     }
+    http_server_set_limits(g.http, g.cfg.header_timeout_ms, g.cfg.idle_timeout_ms,
+                           g.cfg.max_connections);
     router_add_methods(g.router, system_methods, system_methods_count);
 
     config_default_listeners(&g.cfg, g.state.pid1);

@@ -111,7 +111,12 @@ struct http_server {
     llhttp_settings_t settings;
     struct conn *conns;
     size_t n_conns;
+    uint64_t header_timeout_ms;
+    uint64_t idle_timeout_ms;
+    size_t max_connections;
     bool shutting_down;
+    uv_timer_t drain_timer;
+    bool drain_timer_live;
     void (*shutdown_done)(void *userdata);
     void *shutdown_data;
 };
@@ -124,6 +129,7 @@ struct write_req {
 };
 
 static void conn_close(struct conn *c);
+static void on_drain_timer_closed(uv_handle_t *h);
 static void conn_process_input(struct conn *c);
 static void req_destroy(struct req_impl *r);
 
@@ -170,7 +176,8 @@ static void timer_set(struct conn *c, enum timer_mode mode)
         (void) uv_timer_stop(&c->timer);
     else
         (void) uv_timer_start(&c->timer, on_timer,
-                              mode == TIMER_IDLE ? LIMIT_IDLE_TIMEOUT_MS : LIMIT_HEADER_TIMEOUT_MS,
+                              mode == TIMER_IDLE ? c->srv->idle_timeout_ms
+                                                 : c->srv->header_timeout_ms,
                               0);
 }
 
@@ -284,7 +291,7 @@ static void conn_request_done(struct conn *c)
 {
     struct req_impl *r = c->req;
     c->req = NULL;
-    bool keep = r->pub.keep_alive && !c->want_close;
+    bool keep = r->pub.keep_alive && !c->want_close && !c->srv->shutting_down;
     req_destroy(r);
     if (!keep) {
         c->want_close = true;
@@ -551,7 +558,7 @@ static int on_message_complete(llhttp_t *p)
     if (c->closing)
         return HPE_USER;
     if (r->resp_finished) {
-        bool keep = r->pub.keep_alive && !c->want_close &&
+        bool keep = r->pub.keep_alive && !c->want_close && !c->srv->shutting_down &&
                     llhttp_get_method(p) != HTTP_CONNECT;
         c->req = NULL;
         req_destroy(r);
@@ -706,10 +713,15 @@ static void conn_free(struct conn *c)
     buf_free(&c->hvalue);
     buf_free(&c->url);
     free(c);
-    if (srv->shutting_down && srv->n_conns == 0 && srv->shutdown_done) {
-        void (*done)(void *) = srv->shutdown_done;
-        srv->shutdown_done = NULL;
-        done(srv->shutdown_data);
+    if (srv->shutting_down && srv->n_conns == 0) {
+        if (srv->drain_timer_live) {
+            if (!uv_is_closing((uv_handle_t *) &srv->drain_timer))
+                uv_close((uv_handle_t *) &srv->drain_timer, on_drain_timer_closed);
+        } else if (srv->shutdown_done) {
+            void (*done)(void *) = srv->shutdown_done;
+            srv->shutdown_done = NULL;
+            done(srv->shutdown_data);
+        }
     }
 }
 
@@ -803,6 +815,9 @@ int http_server_new(uv_loop_t *loop, http_request_cb on_request, void *userdata,
     srv->loop = loop;
     srv->on_request = on_request;
     srv->userdata = userdata;
+    srv->header_timeout_ms = LIMIT_HEADER_TIMEOUT_MS;
+    srv->idle_timeout_ms = LIMIT_IDLE_TIMEOUT_MS;
+    srv->max_connections = LIMIT_CONNECTIONS;
     llhttp_settings_init(&srv->settings);
     srv->settings.on_message_begin = on_message_begin;
     srv->settings.on_url = on_url;
@@ -853,7 +868,7 @@ int http_server_accept(struct http_server *srv, uv_stream_t *listener, enum tran
     if (transport == TRANSPORT_TCP)
         (void) uv_tcp_nodelay(&c->h.tcp, 1);
     fill_peer(c, transport);
-    if (srv->shutting_down || srv->n_conns > LIMIT_CONNECTIONS) {
+    if (srv->shutting_down || srv->n_conns > srv->max_connections) {
         log_warn("%s: connection refused: %s", c->peer.addr,
                  srv->shutting_down ? "shutting down" : "too many connections");
         conn_close(c);
@@ -864,9 +879,39 @@ int http_server_accept(struct http_server *srv, uv_stream_t *listener, enum tran
     return 0;
 }
 
+void http_server_set_limits(struct http_server *srv, uint64_t header_timeout_ms,
+                            uint64_t idle_timeout_ms, size_t max_connections)
+{
+    if (header_timeout_ms)
+        srv->header_timeout_ms = header_timeout_ms;
+    if (idle_timeout_ms)
+        srv->idle_timeout_ms = idle_timeout_ms;
+    if (max_connections)
+        srv->max_connections = max_connections;
+}
+
 size_t http_server_connections(const struct http_server *srv)
 {
     return srv->n_conns;
+}
+
+static void on_drain_timer_closed(uv_handle_t *h)
+{
+    struct http_server *srv = h->data;
+    srv->drain_timer_live = false;
+    if (srv->n_conns == 0 && srv->shutdown_done) {
+        void (*done)(void *) = srv->shutdown_done;
+        srv->shutdown_done = NULL;
+        done(srv->shutdown_data);
+    }
+}
+
+static void on_drain_timeout(uv_timer_t *t)
+{
+    struct http_server *srv = t->data;
+    for (struct conn *c = srv->conns; c; c = c->next)
+        conn_close(c);
+    uv_close((uv_handle_t *) t, on_drain_timer_closed);
 }
 
 void http_server_shutdown(struct http_server *srv, void (*done)(void *userdata), void *userdata)
@@ -874,14 +919,28 @@ void http_server_shutdown(struct http_server *srv, void (*done)(void *userdata),
     srv->shutting_down = true;
     srv->shutdown_done = done;
     srv->shutdown_data = userdata;
-    if (srv->n_conns == 0) {
+    /*
+     * Idle connections close now. A connection whose response has finished but is still being
+     * written closes once it drained (conn_request_done/on_write_done see want_close); one with
+     * a request still in progress is aborted. Whatever is left after LIMIT_SHUTDOWN_DRAIN_MS is
+     * closed regardless.
+     */
+    for (struct conn *c = srv->conns; c; c = c->next) {
+        c->want_close = true;
+        if (c->write_queued == 0 || (c->req && !c->req->resp_finished))
+            conn_close(c);
+    }
+    if (srv->n_conns > 0 && !srv->drain_timer_live) {
+        (void) uv_timer_init(srv->loop, &srv->drain_timer);
+        srv->drain_timer.data = srv;
+        srv->drain_timer_live = true;
+        (void) uv_timer_start(&srv->drain_timer, on_drain_timeout, LIMIT_SHUTDOWN_DRAIN_MS, 0);
+    }
+    if (srv->n_conns == 0 && !srv->drain_timer_live && srv->shutdown_done) {
         srv->shutdown_done = NULL;
         if (done)
             done(userdata);
-        return;
     }
-    for (struct conn *c = srv->conns; c; c = c->next)
-        conn_close(c);
 }
 
 void http_server_free(struct http_server *srv)

@@ -84,6 +84,10 @@ int http_server_new(uv_loop_t *loop, http_request_cb on_request, void *userdata,
  * transport). Over the connection cap the connection is accepted and closed at once.
  */
 int http_server_accept(struct http_server *srv, uv_stream_t *listener, enum transport transport);
+/* Overrides the defaults from agent-limits.h (LIMIT_HEADER_TIMEOUT_MS, LIMIT_IDLE_TIMEOUT_MS,
+ * LIMIT_CONNECTIONS); 0 keeps a default. */
+void http_server_set_limits(struct http_server *srv, uint64_t header_timeout_ms,
+                            uint64_t idle_timeout_ms, size_t max_connections);
 /* Number of open connections. */
 size_t http_server_connections(const struct http_server *srv);
 /*
