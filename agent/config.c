@@ -329,8 +329,7 @@ static int walk_args(struct guestd_config *c, int argc, char *const *argv, bool 
     return 0;
 }
 
-int config_find_path(struct guestd_config *c, int argc, char *const *argv, char *err,
-                     size_t errlen)
+int config_find_path(struct guestd_config *c, int argc, char *const *argv, char *err, size_t errlen)
 {
     return walk_args(c, argc, argv, true, err, errlen);
 }
@@ -446,14 +445,14 @@ const char *config_usage(void)
 {
     return "Usage: guestd [flags]\n"
            "\n"
-           "guestd " GUESTD_VERSION " - the in-VM guest agent, wire-compatible with envd "
-           ENVD_COMPAT_VERSION ".\n"
+           "guestd " GUESTD_VERSION
+           " - the in-VM guest agent, wire-compatible with envd " ENVD_COMPAT_VERSION ".\n"
            "\n"
            "Flags (Go syntax: -flag, --flag, -flag=value, --flag value):\n"
            "  --listen ADDR            listen on tcp:HOST:PORT, unix:PATH or vsock:PORT; "
            "repeatable.\n"
-           "                           Default: tcp:0.0.0.0:49983 and unix:" CONFIG_DEFAULT_UNIX_SOCKET
-           ",\n"
+           "                           Default: tcp:0.0.0.0:49983 and "
+           "unix:" CONFIG_DEFAULT_UNIX_SOCKET ",\n"
            "                           plus vsock:49983 when running as PID 1.\n"
            "  --default-user NAME      user for requests that name none (default root)\n"
            "  --default-workdir DIR    working directory for requests that name none\n"
@@ -463,7 +462,8 @@ const char *config_usage(void)
            "  --clock-sync MODE        auto (step the clock from /init only as PID 1), on, off\n"
            "  --run-dir DIR            where envd's marker files go (default /run/e2b)\n"
            "  --header-timeout-ms MS   time allowed for a request's headers (default 10000)\n"
-           "  --idle-timeout-ms MS     idle keep-alive connections close after this (default 640000)\n"
+           "  --idle-timeout-ms MS     idle keep-alive connections close after this (default "
+           "640000)\n"
            "  --max-connections N      open connections at most (default 4096)\n"
            "  --log-level LEVEL        error, warn, info (default), debug\n"
            "  --log-format FORMAT      text (default) or json\n"

@@ -47,23 +47,23 @@ static inline void fclosep(FILE **f)
 #define _cleanup_close_  _cleanup_(closep)
 #define _cleanup_fclose_ _cleanup_(fclosep)
 
-#define DEFINE_CLEANUP_FUNC(type, func)                                                            \
-    static inline void func##p(type *p)                                                            \
-    {                                                                                              \
-        if (*p)                                                                                    \
-            func(*p);                                                                              \
+#define DEFINE_CLEANUP_FUNC(type, func) \
+    static inline void func##p(type *p) \
+    {                                   \
+        if (*p)                         \
+            func(*p);                   \
     }
 
-#define TAKE_PTR(p)                                                                                \
-    ({                                                                                             \
-        __typeof__(p) _tp = (p);                                                                   \
-        (p) = NULL;                                                                                \
-        _tp;                                                                                       \
+#define TAKE_PTR(p)              \
+    ({                           \
+        __typeof__(p) _tp = (p); \
+        (p) = NULL;              \
+        _tp;                     \
     })
 
-#define TAKE_FD(fd)                                                                                \
-    ({                                                                                             \
-        int _tf = (fd);                                                                            \
-        (fd) = -1;                                                                                 \
-        _tf;                                                                                       \
+#define TAKE_FD(fd)     \
+    ({                  \
+        int _tf = (fd); \
+        (fd) = -1;      \
+        _tf;            \
     })

@@ -31,10 +31,10 @@ int log_format_from_string(const char *s, enum log_format *ret_format);
 void log_write(enum log_level level, const char *file, int line, const char *fmt, ...)
         _printf_(4, 5);
 
-#define log_at(lvl, ...)                                                                           \
-    do {                                                                                           \
-        if ((lvl) <= log_get_level())                                                              \
-            log_write((lvl), __FILE__, __LINE__, __VA_ARGS__);                                     \
+#define log_at(lvl, ...)                                       \
+    do {                                                       \
+        if ((lvl) <= log_get_level())                          \
+            log_write((lvl), __FILE__, __LINE__, __VA_ARGS__); \
     } while (0)
 
 #define log_error(...) log_at(LOG_LVL_ERROR, __VA_ARGS__)

@@ -79,7 +79,7 @@ struct conn {
     llhttp_t parser;
     llhttp_settings_t *settings;
     struct buf in;
-    uint64_t in_abs;    /* absolute offset of in.data[0] */
+    uint64_t in_abs;     /* absolute offset of in.data[0] */
     uint64_t parsed_abs; /* every byte before this offset has been given to llhttp */
     uint64_t keep_from;  /* do not consume input at or after this absolute offset */
     const char *exec_base;
@@ -175,10 +175,9 @@ static void timer_set(struct conn *c, enum timer_mode mode)
     if (mode == TIMER_OFF)
         (void) uv_timer_stop(&c->timer);
     else
-        (void) uv_timer_start(&c->timer, on_timer,
-                              mode == TIMER_IDLE ? c->srv->idle_timeout_ms
-                                                 : c->srv->header_timeout_ms,
-                              0);
+        (void) uv_timer_start(
+                &c->timer, on_timer,
+                mode == TIMER_IDLE ? c->srv->idle_timeout_ms : c->srv->header_timeout_ms, 0);
 }
 
 /* --- writing --------------------------------------------------------------------------------- */
@@ -253,7 +252,8 @@ static void conn_fail(struct conn *c, int status, const char *text)
                      "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
                      "Content-Length: %zu\r\nConnection: close\r\n\r\n",
                      status, http_status_text(status), tlen + 1);
-    uv_buf_t parts[3] = {uv_buf_init(head, (unsigned) n), uv_buf_init((char *) text, (unsigned) tlen),
+    uv_buf_t parts[3] = {uv_buf_init(head, (unsigned) n),
+                         uv_buf_init((char *) text, (unsigned) tlen),
                          uv_buf_init((char *) "\n", 1)};
     if (c->req) {
         struct req_impl *r = c->req;
@@ -464,14 +464,15 @@ static int on_headers_complete(llhttp_t *p)
 
     r->pub.target = xstrndup(c->url.data, c->url.len);
     char *q = strchr(r->pub.target, '?');
-    r->pub.path = q ? xstrndup(r->pub.target, (size_t) (q - r->pub.target))
-                    : xstrdup(r->pub.target);
+    r->pub.path =
+            q ? xstrndup(r->pub.target, (size_t) (q - r->pub.target)) : xstrdup(r->pub.target);
     r->pub.query = q ? q + 1 : NULL;
     r->pub.method = method_of(llhttp_get_method(p));
     r->pub.method_name = llhttp_method_name((llhttp_method_t) llhttp_get_method(p));
     r->pub.http_minor = llhttp_get_http_minor(p);
     r->pub.keep_alive = llhttp_should_keep_alive(p) != 0;
-    r->pub.has_body = (p->flags & F_CHUNKED) || ((p->flags & F_CONTENT_LENGTH) && p->content_length > 0);
+    r->pub.has_body =
+            (p->flags & F_CHUNKED) || ((p->flags & F_CONTENT_LENGTH) && p->content_length > 0);
     r->pub.body_complete = !r->pub.has_body;
     const char *expect = http_req_header(&r->pub, "expect");
     r->expect_continue = expect && http_header_has_token(expect, "100-continue") && r->pub.has_body;
@@ -641,8 +642,8 @@ static void conn_process_input(struct conn *c)
         } else if (e != HPE_OK) {
             if (c->error_status || e != HPE_USER) {
                 int status = c->error_status ? c->error_status : 400;
-                const char *text = c->error_text ? c->error_text
-                                                 : llhttp_get_error_reason(&c->parser);
+                const char *text =
+                        c->error_text ? c->error_text : llhttp_get_error_reason(&c->parser);
                 log_debug("%s: bad request: %s (%s)", c->peer.addr, text ? text : "?",
                           llhttp_errno_name(e));
                 conn_fail(c, status, text ? text : "bad request");
@@ -770,8 +771,8 @@ static void fill_peer(struct conn *c, enum transport t)
                 port = ntohs(in6->sin6_port);
             }
         }
-        (void) snprintf(c->peer.addr, sizeof(c->peer.addr),
-                        strchr(ip, ':') ? "[%s]:%d" : "%s:%d", ip, port);
+        (void) snprintf(c->peer.addr, sizeof(c->peer.addr), strchr(ip, ':') ? "[%s]:%d" : "%s:%d",
+                        ip, port);
         break;
     }
     case TRANSPORT_UNIX: {
@@ -1087,7 +1088,8 @@ int http_resp_write(struct http_req *req, const void *data, size_t len)
     if (r->resp_chunked) {
         char size[24];
         int n = snprintf(size, sizeof(size), "%zx\r\n", len);
-        uv_buf_t parts[3] = {uv_buf_init(size, (unsigned) n), uv_buf_init((char *) data, (unsigned) len),
+        uv_buf_t parts[3] = {uv_buf_init(size, (unsigned) n),
+                             uv_buf_init((char *) data, (unsigned) len),
                              uv_buf_init((char *) "\r\n", 2)};
         e = conn_writev(c, parts, 3);
     } else {

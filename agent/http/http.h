@@ -24,9 +24,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "agent-limits.h"
 #include "base/buf.h"
 #include "base/transport.h"
-#include "agent-limits.h"
 
 struct http_server;
 struct http_req;
@@ -60,9 +60,9 @@ struct http_req_ops {
 struct http_req {
     enum http_method method;
     const char *method_name;
-    char *target;       /* the raw request target, e.g. "/files?path=a" */
-    char *path;         /* target up to '?', not percent-decoded */
-    const char *query;  /* after '?', or NULL */
+    char *target;      /* the raw request target, e.g. "/files?path=a" */
+    char *path;        /* target up to '?', not percent-decoded */
+    const char *query; /* after '?', or NULL */
     struct http_header *headers;
     size_t n_headers;
     uint8_t http_minor; /* 1.x */

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <linux/vm_sockets.h>
-#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -224,8 +224,8 @@ static void on_listener_closed(uv_handle_t *h)
     free(container_of(h, struct net_listener, h.handle));
 }
 
-int net_listen(uv_loop_t *loop, const struct net_addr *addr, net_connection_cb cb,
-               void *userdata, struct net_listener **ret)
+int net_listen(uv_loop_t *loop, const struct net_addr *addr, net_connection_cb cb, void *userdata,
+               struct net_listener **ret)
 {
     struct net_listener *l = calloc(1, sizeof(*l));
     if (!l)

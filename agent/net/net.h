@@ -34,8 +34,8 @@ typedef void (*net_connection_cb)(struct net_listener *l, uv_stream_t *server,
                                   enum transport transport, void *userdata);
 
 /* Binds and listens. Returns 0 or -errno (e.g. -EADDRINUSE, -EAFNOSUPPORT for vsock). */
-int net_listen(uv_loop_t *loop, const struct net_addr *addr, net_connection_cb cb,
-               void *userdata, struct net_listener **ret);
+int net_listen(uv_loop_t *loop, const struct net_addr *addr, net_connection_cb cb, void *userdata,
+               struct net_listener **ret);
 /* The address a listener is bound to (for TCP port 0: the port chosen). */
 const struct net_addr *net_listener_addr(const struct net_listener *l);
 /* Closes the listener (asynchronously) and removes a Unix socket file it created. */

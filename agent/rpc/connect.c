@@ -10,16 +10,16 @@
 
 #include <uv.h>
 
+#include "agent-limits.h"
 #include "base/alloc.h"
 #include "base/buf.h"
 #include "base/log.h"
 #include "base/parse.h"
 #include "http/http.h"
-#include "agent-limits.h"
 #include "rpc/pbjson.h"
 
 /* Connect envelope: 1 flag byte and a 4-byte big-endian length. */
-#define ENVELOPE_HEADER 5
+#define ENVELOPE_HEADER          5
 #define ENVELOPE_FLAG_COMPRESSED 0x01
 #define ENVELOPE_FLAG_END_STREAM 0x02
 
@@ -210,8 +210,7 @@ void rpc_reject(struct http_req *req, enum rpc_code code, const char *message)
         (void) http_resp_finish(req);
     } else {
         error_json(&b, code, message);
-        (void) http_resp_simple(req, rpc_code_http_status(code), "application/json", b.data,
-                                b.len);
+        (void) http_resp_simple(req, rpc_code_http_status(code), "application/json", b.data, b.len);
     }
     buf_free(&b);
 }
@@ -277,8 +276,7 @@ static void call_finish(struct rpc_call *call, enum rpc_code code, const char *m
         struct buf b;
         buf_init(&b, LIMIT_SMALL_BODY_BYTES);
         error_json(&b, code, message);
-        (void) http_resp_simple(req, rpc_code_http_status(code), "application/json", b.data,
-                                b.len);
+        (void) http_resp_simple(req, rpc_code_http_status(code), "application/json", b.data, b.len);
         buf_free(&b);
     }
     call_release(call);
@@ -488,8 +486,8 @@ void rpc_serve(struct http_req *req, const struct rpc_method *method, void *ctx,
     bool want_stream = method->kind != RPC_UNARY;
     if (req->method != HMETHOD_POST) {
         http_resp_header(req, "Allow", "POST");
-        (void) http_resp_simple(req, 405, "text/plain; charset=utf-8",
-                                "405 method not allowed\n", 23);
+        (void) http_resp_simple(req, 405, "text/plain; charset=utf-8", "405 method not allowed\n",
+                                23);
         if (ctx_free)
             ctx_free(ctx);
         return;
@@ -510,14 +508,14 @@ void rpc_serve(struct http_req *req, const struct rpc_method *method, void *ctx,
     call->ctx = ctx;
     call->ctx_free = ctx_free;
     call->proto = proto;
-    call->stream_response = method->kind == RPC_SERVER_STREAM;
+    /* Server and client streams both answer with envelopes and an end-of-stream frame. */
+    call->stream_response = method->kind != RPC_UNARY;
     buf_init(&call->envelope, ENVELOPE_HEADER + LIMIT_RPC_MESSAGE_BYTES);
     req->data = call;
 
     const char *version = http_req_header(req, "connect-protocol-version");
     if (version && !streq(version, "1")) {
-        call_finish(call, RPC_INVALID_ARGUMENT,
-                    "connect-protocol-version must be \"1\"");
+        call_finish(call, RPC_INVALID_ARGUMENT, "connect-protocol-version must be \"1\"");
         return;
     }
 
@@ -614,9 +612,10 @@ int rpc_reply(struct rpc_call *call, const ProtobufCMessage *resp)
     }
     if (call->method->kind == RPC_CLIENT_STREAM) {
         /* Client streams answer with one envelope and an end-of-stream frame. */
-        call->stream_response = true;
-        start_stream_response(call->req, call->proto);
-        call->started = true;
+        if (!call->started) {
+            start_stream_response(call->req, call->proto);
+            call->started = true;
+        }
         write_envelope(call->req, 0, b.data, b.len);
         buf_free(&b);
         call_finish(call, RPC_OK, NULL);

@@ -13,12 +13,10 @@
  */
 #pragma once
 
+#include <limits.h> /* protobuf-c's generated enums use INT_MAX */
+#include <protobuf-c/protobuf-c.h>
 #include <stdbool.h>
 #include <stdint.h>
-
-#include <limits.h> /* protobuf-c's generated enums use INT_MAX */
-
-#include <protobuf-c/protobuf-c.h>
 
 #include "base/macro.h"
 

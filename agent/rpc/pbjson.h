@@ -22,10 +22,9 @@
  */
 #pragma once
 
+#include <protobuf-c/protobuf-c.h>
 #include <stddef.h>
 #include <stdint.h>
-
-#include <protobuf-c/protobuf-c.h>
 
 #include "base/buf.h"
 

@@ -2,31 +2,30 @@
 #include "rpc/router.h"
 
 #include <errno.h>
+#include <nettle/base64.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
-#include <nettle/base64.h>
-
+#include "agent-limits.h"
 #include "base/alloc.h"
 #include "base/buf.h"
 #include "base/log.h"
 #include "build-config.h"
 #include "http/http.h"
-#include "agent-limits.h"
 #include "rpc/system.h"
 #include "sec/token.h"
 #include "sys/state.h"
 
 /* envd's token-gate rejection, word for word (clients compare it). */
-#define UNAUTHORIZED_MESSAGE                                                                       \
+#define UNAUTHORIZED_MESSAGE \
     "unauthorized access, please provide a valid access token or method signing if supported"
 
 /* Headers a browser may read from responses (rs/cors plus connect's own). */
-#define CORS_EXPOSE_HEADERS                                                                        \
-    "Connect-Protocol-Version, Connect-Timeout-Ms, Grpc-Status, Grpc-Message, "                    \
-    "Grpc-Status-Details-Bin, Location, Cache-Control, X-Content-Type-Options, "                   \
+#define CORS_EXPOSE_HEADERS                                                      \
+    "Connect-Protocol-Version, Connect-Timeout-Ms, Grpc-Status, Grpc-Message, "  \
+    "Grpc-Status-Details-Bin, Location, Cache-Control, X-Content-Type-Options, " \
     "X-Envd-Version, X-Guestd-Version"
 /* How long a browser may cache a preflight answer, as envd. */
 #define CORS_MAX_AGE "7200"

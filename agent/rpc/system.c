@@ -9,6 +9,7 @@
 
 #include <jansson.h>
 
+#include "agent-limits.h"
 #include "base/alloc.h"
 #include "base/buf.h"
 #include "base/cleanup.h"
@@ -16,13 +17,10 @@
 #include "build-config.h"
 #include "guestd/v1/system.pb-c.h"
 #include "http/http.h"
-#include "agent-limits.h"
 #include "rpc/router.h"
 #include "sec/token.h"
 #include "sys/clock.h"
 #include "sys/state.h"
-
-
 
 /* --- /health, /envs ------------------------------------------------------------------------- */
 
@@ -84,7 +82,8 @@ static int init_parse(json_t *root, struct init_body *ret, char *err, size_t err
     const char *key;
     json_t *v;
     memset(ret, 0, sizeof(*ret));
-    json_object_foreach(root, key, v) {
+    json_object_foreach(root, key, v)
+    {
         const char **str = NULL;
         if (strcasecmp(key, "accessToken") == 0)
             str = &ret->access_token;
@@ -113,7 +112,8 @@ static int init_parse(json_t *root, struct init_body *ret, char *err, size_t err
             }
             const char *k;
             json_t *ev;
-            json_object_foreach(v, k, ev) {
+            json_object_foreach(v, k, ev)
+            {
                 if (!json_is_string(ev)) {
                     (void) snprintf(err, errlen, "envVars['%.64s'] must be a string", k);
                     return -EINVAL;
@@ -154,8 +154,8 @@ static void on_init_complete(struct http_req *req)
     req->data = NULL;
     if (req->body.len > 0) {
         json_error_t jerr;
-        root = json_loadb(req->body.data, req->body.len,
-                          JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
+        root = json_loadb(req->body.data, req->body.len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY,
+                          &jerr);
         if (!root || !(json_is_object(root) || json_is_null(root))) {
             log_info("/init: malformed body: %s", root ? "not an object" : jerr.text);
             init_reply_text(req, 400, NULL);
@@ -213,7 +213,8 @@ static void on_init_complete(struct http_req *req)
             init_reply_text(req, 400, "too many environment variables");
             goto out;
         }
-        json_object_foreach(body.env_vars, k, v) {
+        json_object_foreach(body.env_vars, k, v)
+        {
             if (!env_name_valid(k) || json_string_length(v) > LIMIT_ENV_VALUE_BYTES) {
                 (void) snprintf(err, sizeof(err), "invalid environment variable '%.64s'", k);
                 init_reply_text(req, 400, err);
@@ -242,7 +243,8 @@ static void on_init_complete(struct http_req *req)
                 if (r < 0)
                     log_warn("/init: stepping the clock failed: %s", strerror(-r));
                 else
-                    log_info("/init: clock stepped by %lld ms", (long long) ((ts_ns - now) / 1000000));
+                    log_info("/init: clock stepped by %lld ms",
+                             (long long) ((ts_ns - now) / 1000000));
             } else {
                 log_info("/init: clock is %lld ms off, not stepped (clock sync is off here)",
                          (long long) ((now - ts_ns) / 1000000));
@@ -253,7 +255,8 @@ static void on_init_complete(struct http_req *req)
         const char *k;
         json_t *v;
         kv_clear(&st->env_user);
-        json_object_foreach(body.env_vars, k, v) {
+        json_object_foreach(body.env_vars, k, v)
+        {
             if (kv_get(&st->env_internal, k))
                 continue; /* E2B_SANDBOX and friends stay guestd's */
             kv_set(&st->env_user, k, json_string_value(v));
@@ -297,10 +300,7 @@ void system_init(struct http_req *req, struct rpc_ctx *ctx)
 static const char *const features[] = {
         "envd-rest",    /* /health, /init, /envs */
         "connect-json", /* both Connect codecs */
-        "connect-proto",
-        "cors",
-        "token-auth",
-        "system-events",
+        "connect-proto", "cors", "token-auth", "system-events",
 };
 
 static Google__Protobuf__Timestamp *timestamp_new(int64_t ns)
@@ -381,7 +381,8 @@ void system_announce_shutdown(const char *reason)
         struct rpc_call *call = events_subs->call;
         struct rpc_ctx *ctx = rpc_call_ctx(call);
         Guestd__V1__EventsResponse ev = GUESTD__V1__EVENTS_RESPONSE__INIT;
-        Guestd__V1__EventsResponse__ShuttingDown sd = GUESTD__V1__EVENTS_RESPONSE__SHUTTING_DOWN__INIT;
+        Guestd__V1__EventsResponse__ShuttingDown sd =
+                GUESTD__V1__EVENTS_RESPONSE__SHUTTING_DOWN__INIT;
         sd.reason = (char *) reason;
         ev.generation = ctx->state->generation;
         ev.event_case = GUESTD__V1__EVENTS_RESPONSE__EVENT_SHUTTING_DOWN;

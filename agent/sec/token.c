@@ -3,17 +3,16 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <nettle/base64.h>
+#include <nettle/memops.h>
+#include <nettle/sha2.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <nettle/base64.h>
-#include <nettle/memops.h>
-#include <nettle/sha2.h>
-
-#include "base/cleanup.h"
 #include "agent-limits.h"
+#include "base/cleanup.h"
 
 struct secret {
     bool set;

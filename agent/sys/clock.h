@@ -11,7 +11,7 @@
 
 /* envd's thresholds. */
 #define CLOCK_MAX_BEHIND_NS (50LL * 1000 * 1000)
-#define CLOCK_MAX_AHEAD_NS (5LL * 1000 * 1000 * 1000)
+#define CLOCK_MAX_AHEAD_NS  (5LL * 1000 * 1000 * 1000)
 
 /* Pure decision: does a guest at `guest_ns` need stepping to `host_ns`? */
 bool clock_needs_step(int64_t guest_ns, int64_t host_ns);

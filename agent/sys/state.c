@@ -25,9 +25,8 @@ static void make_boot_id(char out[40])
     }
     r[6] = (uint8_t) ((r[6] & 0x0f) | 0x40); /* version 4 */
     r[8] = (uint8_t) ((r[8] & 0x3f) | 0x80); /* variant 1 */
-    (void) snprintf(out, 40,
-                    "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", r[0],
-                    r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12],
+    (void) snprintf(out, 40, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
+                    r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12],
                     r[13], r[14], r[15]);
 }
 
