@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 
@@ -88,9 +89,10 @@ struct conn {
     /* Header parsing state of the current request. */
     struct buf hname, hvalue;
     struct buf url;
-    bool in_value;
-    bool value_seen;
+    bool value_seen;       /* a non-empty chunk of the current value arrived */
     uint64_t last_end_abs; /* end of the last header field or value chunk */
+    uint64_t msg_start_abs;
+    bool close_when_flushed; /* close once queued output is written, whatever the request */
     size_t header_bytes;
     int error_status; /* status to answer a parse error with (0: 400) */
     const char *error_text;
@@ -202,7 +204,7 @@ static void on_write_done(uv_write_t *w, int status)
         if (r->ops && r->ops->on_drain)
             r->ops->on_drain(&r->pub);
     }
-    if (c->want_close && !c->req && c->write_queued == 0)
+    if (c->write_queued == 0 && (c->close_when_flushed || (c->want_close && !c->req)))
         conn_close(c);
 }
 
@@ -331,9 +333,9 @@ static int on_message_begin(llhttp_t *p)
     buf_reset(&c->url);
     buf_reset(&c->hname);
     buf_reset(&c->hvalue);
-    c->in_value = false;
     c->value_seen = false;
     c->header_bytes = 0;
+    c->msg_start_abs = KEEP_NONE;
     /* Keep the whole header section in the input buffer until it is complete (the message
      * starts somewhere in the current execute, so holding from its start is enough). */
     c->keep_from = c->exec_abs;
@@ -379,12 +381,6 @@ static int push_header(struct conn *c)
 static int on_header_field(llhttp_t *p, const char *at, size_t len)
 {
     struct conn *c = conn_of_parser(p);
-    if (c->in_value) {
-        int r = push_header(c);
-        if (r)
-            return r;
-        c->in_value = false;
-    }
     c->header_bytes += len;
     if (c->header_bytes > LIMIT_HEADER_BYTES)
         return parse_error(c, 431, "request header fields too large");
@@ -393,9 +389,26 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len)
     return 0;
 }
 
+static int on_header_value_complete(llhttp_t *p)
+{
+    return push_header(conn_of_parser(p));
+}
+
+static int on_method(llhttp_t *p, const char *at, size_t len)
+{
+    struct conn *c = conn_of_parser(p);
+    (void) len;
+    if (c->msg_start_abs == KEEP_NONE) /* the first chunk of the method starts the message */
+        c->msg_start_abs = abs_of(c, at);
+    return 0;
+}
+
 static int on_header_value(llhttp_t *p, const char *at, size_t len)
 {
     struct conn *c = conn_of_parser(p);
+    /* llhttp reports an empty value as a zero-length chunk at an unrelated position. */
+    if (len == 0)
+        return 0;
     uint64_t start = abs_of(c, at);
     /*
      * obs-fold (a value continued on a line starting with whitespace) is accepted by llhttp 8.1
@@ -411,7 +424,6 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len)
         if (b == '\r' || b == '\n' || b < 0)
             return parse_error(c, 400, "obsolete line folding is not allowed");
     }
-    c->in_value = true;
     c->value_seen = true;
     c->header_bytes += len;
     if (c->header_bytes > LIMIT_HEADER_BYTES)
@@ -419,6 +431,27 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len)
     (void) buf_append(&c->hvalue, at, len);
     c->last_end_abs = start + len;
     return 0;
+}
+
+/*
+ * llhttp 8.1 lets a bare LF end the request line or the header section. Every line of the
+ * header section (held in the input buffer until now) must end in CRLF.
+ */
+static bool header_section_has_bare_lf(const struct conn *c)
+{
+    int prev = -1;
+    for (uint64_t a = c->msg_start_abs; a < c->in_abs + c->in.len; a++) {
+        int b = byte_at(c, a);
+        if (b == '\n') {
+            if (prev != '\r')
+                return true;
+            /* CRLF CRLF ends the section. */
+            if (a >= c->msg_start_abs + 3 && byte_at(c, a - 2) == '\n')
+                return false;
+        }
+        prev = b;
+    }
+    return false;
 }
 
 static enum http_method method_of(uint8_t m)
@@ -449,24 +482,35 @@ static int on_headers_complete(llhttp_t *p)
 {
     struct conn *c = conn_of_parser(p);
     struct req_impl *r = c->req;
-    if (c->in_value) {
-        int e = push_header(c);
-        if (e)
-            return e;
-        c->in_value = false;
-    } else if (c->hname.len > 0) {
+    if (c->hname.len > 0)
         return parse_error(c, 400, "header field without value");
-    }
+    if (llhttp_get_http_major(p) != 1)
+        return parse_error(c, 505, "HTTP version not supported");
+    if (header_section_has_bare_lf(c))
+        return parse_error(c, 400, "bare LF in the request header section");
     if (c->url.len == 0)
         return parse_error(c, 400, "empty request target");
     if (memchr(c->url.data, '\0', c->url.len))
         return parse_error(c, 400, "NUL in request target");
 
     r->pub.target = xstrndup(c->url.data, c->url.len);
-    char *q = strchr(r->pub.target, '?');
-    r->pub.path =
-            q ? xstrndup(r->pub.target, (size_t) (q - r->pub.target)) : xstrdup(r->pub.target);
+    /* Absolute form ("http://host/path"): the path is what follows the authority. */
+    const char *path_start = r->pub.target;
+    if (strncasecmp(path_start, "http://", 7) == 0 || strncasecmp(path_start, "https://", 8) == 0) {
+        const char *slash = strchr(strstr(path_start, "//") + 2, '/');
+        path_start = slash ? slash : "/";
+    }
+    char *q = strchr(path_start, '?');
+    r->pub.path = q ? xstrndup(path_start, (size_t) (q - path_start)) : xstrdup(path_start);
     r->pub.query = q ? q + 1 : NULL;
+    /* RFC 9112 3.2: an HTTP/1.1 request has exactly one Host header. */
+    size_t n_host = http_req_header_count(&r->pub, "host");
+    if (n_host > 1 || (n_host == 0 && llhttp_get_http_minor(p) >= 1))
+        return parse_error(c, 400, n_host ? "more than one Host header" : "missing Host header");
+    /* llhttp passes other codings through; Go answers 501 for anything but chunked. */
+    const char *te = http_req_header(&r->pub, "transfer-encoding");
+    if (te && strcasecmp(te, "chunked") != 0)
+        return parse_error(c, 501, "unsupported transfer coding");
     r->pub.method = method_of(llhttp_get_method(p));
     r->pub.method_name = llhttp_method_name((llhttp_method_t) llhttp_get_method(p));
     r->pub.http_minor = llhttp_get_http_minor(p);
@@ -824,6 +868,8 @@ int http_server_new(uv_loop_t *loop, http_request_cb on_request, void *userdata,
     srv->settings.on_url = on_url;
     srv->settings.on_header_field = on_header_field;
     srv->settings.on_header_value = on_header_value;
+    srv->settings.on_header_value_complete = on_header_value_complete;
+    srv->settings.on_method = on_method;
     srv->settings.on_headers_complete = on_headers_complete;
     srv->settings.on_body = on_body;
     srv->settings.on_chunk_header = on_chunk_header;
@@ -1115,6 +1161,12 @@ int http_resp_finish(struct http_req *req)
         e = conn_writev(c, &b, 1);
     }
     r->resp_finished = true;
+    if (!r->pub.body_complete && c->want_close) {
+        /* A body we will not read (100-continue refused): nothing more can happen here. */
+        c->close_when_flushed = true;
+        if (c->write_queued == 0 && !c->in_execute)
+            conn_close(c);
+    }
     if (r->paused) {
         r->paused = false;
         conn_update_reading(c);

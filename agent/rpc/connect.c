@@ -513,6 +513,17 @@ void rpc_serve(struct http_req *req, const struct rpc_method *method, void *ctx,
     buf_init(&call->envelope, ENVELOPE_HEADER + LIMIT_RPC_MESSAGE_BYTES);
     req->data = call;
 
+    /* guestd answers identity only (no SDK compresses RPCs); say so rather than misparse. */
+    const char *enc =
+            http_req_header(req, want_stream ? "connect-content-encoding" : "content-encoding");
+    if (enc && strcasecmp(enc, "identity") != 0) {
+        char msg[160];
+        (void) snprintf(msg, sizeof(msg),
+                        "unknown compression \"%.64s\": supported encodings are identity", enc);
+        call_finish(call, RPC_UNIMPLEMENTED, msg);
+        return;
+    }
+
     const char *version = http_req_header(req, "connect-protocol-version");
     if (version && !streq(version, "1")) {
         call_finish(call, RPC_INVALID_ARGUMENT, "connect-protocol-version must be \"1\"");

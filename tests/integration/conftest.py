@@ -401,3 +401,25 @@ def proto_fields(data):
     for f, _, v in decode_proto(data):
         d.setdefault(f, []).append(v)
     return d
+
+
+# --- streams --------------------------------------------------------------------------------
+
+def read_stream(reader):
+    """Reads a whole Connect server stream: returns the list of (flags, payload) envelopes.
+    Asserts that the chunked body ended cleanly (the terminating zero-size chunk arrived)."""
+    return list(stream_messages(reader))
+
+
+def end_frame(envelopes):
+    """The last envelope, checked to be the end-of-stream frame; returns its JSON."""
+    assert envelopes, "stream had no envelopes"
+    flags, payload = envelopes[-1]
+    assert flags == 0x02, f"last envelope flags {flags:#x}, expected end-stream (0x02)"
+    return json.loads(payload)
+
+
+def token_hex(seed):
+    """A 64-hex-digit token, distinct per seed."""
+    import hashlib
+    return hashlib.sha256(seed.encode()).hexdigest()
