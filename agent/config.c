@@ -45,6 +45,11 @@ enum opt_id {
     O_HEADER_TIMEOUT_MS,
     O_IDLE_TIMEOUT_MS,
     O_MAX_CONNECTIONS,
+    O_OUTPUT_LOG_CAP,
+    O_OUTPUT_GLOBAL_CAP,
+    O_OUTPUT_DRAIN_MS,
+    O_RESULT_TTL_MS,
+    O_SHUTDOWN_GRACE_MS,
     O_ACCESS_TOKEN, /* refused: never from argv or the config file */
 };
 
@@ -80,6 +85,11 @@ static const struct opt opts[] = {
         {"header-timeout-ms", O_HEADER_TIMEOUT_MS, OPT_STRING, true},
         {"idle-timeout-ms", O_IDLE_TIMEOUT_MS, OPT_STRING, true},
         {"max-connections", O_MAX_CONNECTIONS, OPT_STRING, true},
+        {"output-log-cap", O_OUTPUT_LOG_CAP, OPT_STRING, true},
+        {"output-global-cap", O_OUTPUT_GLOBAL_CAP, OPT_STRING, true},
+        {"output-drain-ms", O_OUTPUT_DRAIN_MS, OPT_STRING, true},
+        {"result-ttl-ms", O_RESULT_TTL_MS, OPT_STRING, true},
+        {"shutdown-grace-ms", O_SHUTDOWN_GRACE_MS, OPT_STRING, true},
         {"access-token", O_ACCESS_TOKEN, OPT_STRING, true},
 };
 
@@ -263,6 +273,27 @@ static int apply(struct guestd_config *c, const struct opt *o, const char *v, bo
             return -EINVAL;
         }
         return 0;
+    case O_OUTPUT_LOG_CAP:
+    case O_OUTPUT_GLOBAL_CAP:
+    case O_OUTPUT_DRAIN_MS:
+    case O_RESULT_TTL_MS:
+    case O_SHUTDOWN_GRACE_MS: {
+        /* Sizes up to 16 GiB, times up to a week: anything beyond is a typo, not a setting. */
+        bool size = o->id == O_OUTPUT_LOG_CAP || o->id == O_OUTPUT_GLOBAL_CAP;
+        uint64_t n, max = size ? 16ULL << 30 : 7ULL * 24 * 3600 * 1000;
+        if (parse_u64(v, &n) < 0 || n == 0 || n > max) {
+            (void) snprintf(err, errlen, "invalid %s '%s' (1 to %llu%s)", o->name, v,
+                            (unsigned long long) max, size ? " bytes" : " ms");
+            return -EINVAL;
+        }
+        uint64_t *dst = o->id == O_OUTPUT_LOG_CAP      ? &c->output_log_cap
+                        : o->id == O_OUTPUT_GLOBAL_CAP ? &c->output_global_cap
+                        : o->id == O_OUTPUT_DRAIN_MS   ? &c->output_drain_ms
+                        : o->id == O_RESULT_TTL_MS     ? &c->result_ttl_ms
+                                                       : &c->shutdown_grace_ms;
+        *dst = n;
+        return 0;
+    }
     case O_ACCESS_TOKEN:
         (void) snprintf(err, errlen,
                         "the access token is never taken from the command line or the config "
@@ -465,6 +496,11 @@ const char *config_usage(void)
            "  --idle-timeout-ms MS     idle keep-alive connections close after this (default "
            "640000)\n"
            "  --max-connections N      open connections at most (default 4096)\n"
+           "  --output-log-cap BYTES   output kept per process (default 1 MiB)\n"
+           "  --output-global-cap B    output kept for all processes (default 64 MiB)\n"
+           "  --output-drain-ms MS     wait for output after a process exits (default 2000)\n"
+           "  --result-ttl-ms MS       keep results of ended processes (default 300000)\n"
+           "  --shutdown-grace-ms MS   SIGTERM to SIGKILL for children at shutdown (default 5000)\n"
            "  --log-level LEVEL        error, warn, info (default), debug\n"
            "  --log-format FORMAT      text (default) or json\n"
            "  --config FILE            key = value file (default " CONFIG_DEFAULT_PATH ")\n"

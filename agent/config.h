@@ -23,6 +23,8 @@
 /* envd's port. */
 #define CONFIG_DEFAULT_PORT        49983
 #define CONFIG_DEFAULT_UNIX_SOCKET "/run/guestd/guestd.sock"
+/* Children get this long after SIGTERM at shutdown before SIGKILL. */
+#define CONFIG_DEFAULT_SHUTDOWN_GRACE_MS 5000
 
 struct guestd_config {
     struct net_addr listen[CONFIG_MAX_LISTENERS];
@@ -49,6 +51,12 @@ struct guestd_config {
     uint64_t header_timeout_ms;
     uint64_t idle_timeout_ms;
     uint32_t max_connections;
+    /* processes (0: the defaults in proc/proc.h) */
+    uint64_t output_log_cap;
+    uint64_t output_global_cap;
+    uint64_t output_drain_ms;
+    uint64_t result_ttl_ms;
+    uint64_t shutdown_grace_ms;
     /* actions */
     bool show_version;
     bool show_help;

@@ -19,6 +19,9 @@
 #include "config.h"
 #include "http/http.h"
 #include "net/net.h"
+#include "proc/proc.h"
+#include "proc/reaper.h"
+#include "rpc/process.h"
 #include "rpc/router.h"
 #include "rpc/system.h"
 #include "sec/token.h"
@@ -30,6 +33,7 @@ struct guestd {
     struct agent_state state;
     struct router *router;
     struct http_server *http;
+    struct proc_table *procs;
     struct net_listener *listeners[CONFIG_MAX_LISTENERS];
     size_t n_listeners;
     uv_signal_t sigterm, sigint;
@@ -51,6 +55,17 @@ static void on_http_closed(void *userdata)
     struct guestd *g = userdata;
     uv_close((uv_handle_t *) &g->sigterm, NULL);
     uv_close((uv_handle_t *) &g->sigint, NULL);
+    proc_table_free(g->procs);
+    g->procs = NULL;
+    process_service_init(NULL);
+    reaper_stop();
+}
+
+/* Children are gone (or were killed after the grace period): end the connections. */
+static void on_children_done(void *userdata)
+{
+    struct guestd *g = userdata;
+    http_server_shutdown(g->http, on_http_closed, g);
 }
 
 /* Stops accepting, ends every stream with a reason, and lets the loop run dry. */
@@ -65,7 +80,13 @@ static void shutdown_begin(void *userdata, const char *reason)
         net_listener_close(g->listeners[i]);
     g->n_listeners = 0;
     system_announce_shutdown(reason);
-    http_server_shutdown(g->http, on_http_closed, g);
+    /* Order: stop accepting; SIGTERM the children (their streams end with their end events,
+     * cause "shutdown"); SIGKILL what is left after the grace period; then close connections,
+     * letting final frames drain. */
+    proc_table_shutdown(g->procs,
+                        g->cfg.shutdown_grace_ms ? g->cfg.shutdown_grace_ms
+                                                 : CONFIG_DEFAULT_SHUTDOWN_GRACE_MS,
+                        on_children_done, g);
 }
 
 static void on_signal(uv_signal_t *s, int signum)
@@ -176,6 +197,29 @@ int main(int argc, char **argv)
     http_server_set_limits(g.http, g.cfg.header_timeout_ms, g.cfg.idle_timeout_ms,
                            g.cfg.max_connections);
     router_add_methods(g.router, system_methods, system_methods_count);
+
+    struct proc_limits plim = {
+            .log_cap = g.cfg.output_log_cap ? g.cfg.output_log_cap : PROC_DEFAULT_LOG_CAP,
+            .global_cap =
+                    g.cfg.output_global_cap ? g.cfg.output_global_cap : PROC_DEFAULT_GLOBAL_CAP,
+            .drain_ms = g.cfg.output_drain_ms ? g.cfg.output_drain_ms : PROC_DEFAULT_DRAIN_MS,
+            .result_ttl_ms = g.cfg.result_ttl_ms ? g.cfg.result_ttl_ms : PROC_DEFAULT_RESULT_TTL_MS,
+            .max_results = PROC_DEFAULT_MAX_RESULTS,
+            .max_processes = PROC_DEFAULT_MAX_PROCESSES,
+    };
+    if (plim.global_cap < plim.log_cap)
+        plim.global_cap = plim.log_cap;
+    r = reaper_start(g.loop);
+    if (r < 0) {
+        log_error("cannot start reaping children: %s", strerror(-r));
+        return 1;
+    }
+    if (proc_table_new(g.loop, &plim, &g.procs) < 0) {
+        log_error("out of memory");
+        return 1;
+    }
+    process_service_init(g.procs);
+    router_add_methods(g.router, process_methods, process_methods_count);
 
     config_default_listeners(&g.cfg, g.state.pid1);
     if (start_listeners(&g) < 0)
