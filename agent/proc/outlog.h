@@ -2,10 +2,10 @@
 /*
  * A process's output log: reads from stdout, stderr or the PTY become chunks in arrival order
  * (small reads of the same stream are merged into the newest chunk, so that a child writing a
- * byte at a time does not cost a chunk header per byte), addressed by a log offset (bytes since the process started, across streams)
- * and by its offset within its own stream. The log keeps the newest bytes up to its cap;
- * older chunks are dropped whole, so a reader whose cursor points before outlog_start() has
- * lost bytes and must be told (gap event) or cut (envd clients).
+ * byte at a time does not cost a chunk header per byte), addressed by a log offset (bytes since the
+ * process started, across streams) and by its offset within its own stream. The log keeps the
+ * newest bytes up to its cap; older chunks are dropped whole, so a reader whose cursor points
+ * before outlog_start() has lost bytes and must be told (gap event) or cut (envd clients).
  *
  * Readers never hold chunk pointers across appends: they hold log offsets and look chunks up.
  * No libuv and no allocation per read beyond the chunk itself.
