@@ -17,12 +17,12 @@
 #include "sys/state.h"
 
 /* Listeners one guestd may have. */
-#define CONFIG_MAX_LISTENERS       16
+#define CONFIG_MAX_LISTENERS             16
 /* The default config file; a missing default file is not an error. */
-#define CONFIG_DEFAULT_PATH        "/etc/guestd/guestd.conf"
+#define CONFIG_DEFAULT_PATH              "/etc/guestd/guestd.conf"
 /* envd's port. */
-#define CONFIG_DEFAULT_PORT        49983
-#define CONFIG_DEFAULT_UNIX_SOCKET "/run/guestd/guestd.sock"
+#define CONFIG_DEFAULT_PORT              49983
+#define CONFIG_DEFAULT_UNIX_SOCKET       "/run/guestd/guestd.sock"
 /* Children get this long after SIGTERM at shutdown before SIGKILL. */
 #define CONFIG_DEFAULT_SHUTDOWN_GRACE_MS 5000
 

@@ -11,8 +11,8 @@
 
 #define TIMEFMT_SECONDS_PER_DAY 86400
 /* The range of google.protobuf.Timestamp: 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59Z. */
-#define TIMEFMT_MIN_SECONDS (-62135596800LL)
-#define TIMEFMT_MAX_SECONDS 253402300799LL
+#define TIMEFMT_MIN_SECONDS     (-62135596800LL)
+#define TIMEFMT_MAX_SECONDS     253402300799LL
 
 /* Days since 1970-01-01 of a proleptic Gregorian date, and back. */
 int64_t days_from_civil(int64_t y, unsigned m, unsigned d);

@@ -46,7 +46,6 @@
 
 #define NANOS_PER_SECOND 1000000000
 
-
 /* "2026-08-22T10:00:00.123456789Z" is the longest Timestamp we write (30 bytes) plus quotes. */
 #define TIMESTAMP_JSON_MAX 34
 
