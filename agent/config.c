@@ -385,8 +385,12 @@ int config_load_text(struct guestd_config *c, const char *text, char *err, size_
 {
     _cleanup_free_ char *copy = xstrdup(text);
     int lineno = 0;
-    char *save = NULL;
-    for (char *line = strtok_r(copy, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+    char *next;
+    for (char *line = copy; line; line = next) {
+        /* Split by hand: strtok_r would merge blank lines and skew the line numbers. */
+        next = strchr(line, '\n');
+        if (next)
+            *next++ = '\0';
         lineno++;
         char *l = trim(line);
         if (*l == '\0' || *l == '#')

@@ -71,7 +71,7 @@ def main(argv):
             continue
         for line in open(log):
             t = json.loads(line)
-            name = t["name"]
+            name = t["name"].split(" / ")[-1]
             result = t.get("result", "")
             junit = os.path.join(d, "meson-logs", f"junit-{name}.xml")
             if os.path.exists(junit) and name in ("integration", "stress"):

@@ -574,6 +574,10 @@ static int on_chunk_header(llhttp_t *p)
 {
     struct conn *c = conn_of_parser(p);
     c->chunk_size = p->content_length;
+    /* The last chunk: trailer fields follow, and the obs-fold check reads their raw bytes, so
+     * hold the input from here until the message is complete. */
+    if (c->chunk_size == 0)
+        c->keep_from = MIN(c->keep_from, c->exec_abs);
     return 0;
 }
 
@@ -587,13 +591,15 @@ static int on_chunk_complete(llhttp_t *p)
         if (a != '\r' || b != '\n')
             return parse_error(c, 400, "chunk data not followed by CRLF");
     }
-    c->keep_from = KEEP_NONE;
+    if (c->chunk_size > 0)
+        c->keep_from = KEEP_NONE;
     return 0;
 }
 
 static int on_message_complete(llhttp_t *p)
 {
     struct conn *c = conn_of_parser(p);
+    c->keep_from = KEEP_NONE;
     struct req_impl *r = c->req;
     if (!r)
         return HPE_PAUSED;

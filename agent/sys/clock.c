@@ -2,6 +2,7 @@
 #include "sys/clock.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <string.h>
 #include <time.h>
 
@@ -36,6 +37,11 @@ int clock_parse_rfc3339(const char *s, int64_t *ret_ns)
     int r = rfc3339_parse(s, strlen(s), &secs, &nanos);
     if (r < 0)
         return r;
-    *ret_ns = secs * 1000000000 + nanos;
+    /* Nanoseconds in an int64 cover 1677-09-21 to 2262-04-11; beyond is out of range. */
+    int64_t ns;
+    if (__builtin_mul_overflow(secs, (int64_t) 1000000000, &ns) ||
+        __builtin_add_overflow(ns, (int64_t) nanos, &ns))
+        return -ERANGE;
+    *ret_ns = ns;
     return 0;
 }

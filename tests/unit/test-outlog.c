@@ -149,7 +149,7 @@ TEST(coalesce_small_same_stream)
 
     /* A byte at a time on one stream becomes few chunks, with exact offsets. */
     for (int i = 0; i < 1000; i++)
-        ASSERT_OK(outlog_append(l, OUT_PTY, "abcdefghij" + i % 10, 1));
+        ASSERT_OK(outlog_append(l, OUT_PTY, &"abcdefghij"[i % 10], 1));
     ASSERT_UEQ(outlog_end(l), 1000);
     ASSERT_TRUE(count_chunks(l) < 10);
     expect_chunk(l, 997, 997, OUT_PTY, 997, "hij");
@@ -314,7 +314,7 @@ static size_t heap_in_use(void)
 
     if (works < 0) {
         size_t before = mallinfo2().uordblks;
-        _cleanup_free_ char *p = xmalloc(PROBE_BYTES);
+        _cleanup_free_ _unused_ char *p = xmalloc(PROBE_BYTES);
         works = mallinfo2().uordblks >= before + PROBE_BYTES;
     }
     return works ? mallinfo2().uordblks : SIZE_MAX;
