@@ -10,6 +10,7 @@
 #include "base/cleanup.h"
 #include "base/parse.h"
 #include "build-config.h"
+#include "sys/pid1.h"
 
 /* Longest line accepted in the config file. */
 #define CONFIG_LINE_MAX 4096
@@ -50,6 +51,7 @@ enum opt_id {
     O_OUTPUT_DRAIN_MS,
     O_RESULT_TTL_MS,
     O_SHUTDOWN_GRACE_MS,
+    O_FINAL_ACTION,
     O_ACCESS_TOKEN, /* refused: never from argv or the config file */
 };
 
@@ -90,6 +92,7 @@ static const struct opt opts[] = {
         {"output-drain-ms", O_OUTPUT_DRAIN_MS, OPT_STRING, true},
         {"result-ttl-ms", O_RESULT_TTL_MS, OPT_STRING, true},
         {"shutdown-grace-ms", O_SHUTDOWN_GRACE_MS, OPT_STRING, true},
+        {"final-action", O_FINAL_ACTION, OPT_STRING, true},
         {"access-token", O_ACCESS_TOKEN, OPT_STRING, true},
 };
 
@@ -292,6 +295,15 @@ static int apply(struct guestd_config *c, const struct opt *o, const char *v, bo
                         : o->id == O_RESULT_TTL_MS     ? &c->result_ttl_ms
                                                        : &c->shutdown_grace_ms;
         *dst = n;
+        return 0;
+    }
+    case O_FINAL_ACTION: {
+        enum pid1_action a;
+        if (pid1_action_from_string(v, &a) < 0) {
+            (void) snprintf(err, errlen, "invalid final-action '%s' (poweroff, reboot, halt)", v);
+            return -EINVAL;
+        }
+        c->final_action = (int) a;
         return 0;
     }
     case O_ACCESS_TOKEN:
@@ -505,6 +517,7 @@ const char *config_usage(void)
            "  --output-drain-ms MS     wait for output after a process exits (default 2000)\n"
            "  --result-ttl-ms MS       keep results of ended processes (default 300000)\n"
            "  --shutdown-grace-ms MS   SIGTERM to SIGKILL for children at shutdown (default 5000)\n"
+           "  --final-action ACTION    as PID 1, after shutdown: poweroff (default), reboot, halt\n"
            "  --log-level LEVEL        error, warn, info (default), debug\n"
            "  --log-format FORMAT      text (default) or json\n"
            "  --config FILE            key = value file (default " CONFIG_DEFAULT_PATH ")\n"

@@ -57,6 +57,8 @@ struct guestd_config {
     uint64_t output_drain_ms;
     uint64_t result_ttl_ms;
     uint64_t shutdown_grace_ms;
+    /* PID 1: what ends the VM after shutdown (enum pid1_action) */
+    int final_action;
     /* actions */
     bool show_version;
     bool show_help;

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <uv.h>
@@ -25,6 +26,7 @@
 #include "rpc/router.h"
 #include "rpc/system.h"
 #include "sec/token.h"
+#include "sys/pid1.h"
 #include "sys/state.h"
 
 struct guestd {
@@ -112,6 +114,29 @@ fail:
     return -EINVAL;
 }
 
+/* PID 1 after shutdown: end every remaining process (orphans included), bounded in time. */
+static void pid1_end_all(uint64_t grace_ms)
+{
+    /* Reap in steps of this long while waiting for processes to go. */
+    const useconds_t step_us = 50 * 1000;
+    (void) pid1_kill_all(SIGTERM);
+    for (uint64_t waited = 0;; waited += step_us / 1000) {
+        while (waitpid(-1, NULL, WNOHANG) > 0)
+            ;
+        if (waitpid(-1, NULL, WNOHANG) < 0 && errno == ECHILD)
+            return;
+        if (waited >= grace_ms)
+            break;
+        (void) usleep(step_us);
+    }
+    (void) pid1_kill_all(SIGKILL);
+    for (int i = 0; i < 40; i++) {
+        if (waitpid(-1, NULL, WNOHANG) < 0 && errno == ECHILD)
+            return;
+        (void) usleep(step_us);
+    }
+}
+
 static int start_listeners(struct guestd *g)
 {
     for (size_t i = 0; i < g->cfg.n_listen; i++) {
@@ -121,6 +146,9 @@ static int start_listeners(struct guestd *g)
         int r = net_listen(g->loop, &g->cfg.listen[i], on_connection, g, &l);
         if (r < 0) {
             log_error("cannot listen on %s: %s", name, strerror(-r));
+            /* PID 1 never exits on an error: it serves on the listeners it could open. */
+            if (g->state.pid1)
+                continue;
             return r;
         }
         net_addr_format(net_listener_addr(l), name, sizeof(name));
@@ -135,8 +163,15 @@ int main(int argc, char **argv)
     static struct guestd g;
     int r;
 
-    if (setup_config(&g, argc, argv) < 0)
-        return 2;
+    bool pid1 = pid1_is();
+    if (setup_config(&g, argc, argv) < 0) {
+        if (!pid1)
+            return 2;
+        /* As init, a bad argument must not panic the kernel: go on with the defaults. */
+        config_done(&g.cfg);
+        config_init(&g.cfg);
+        fprintf(stderr, "guestd: going on with the defaults\n");
+    }
     if (g.cfg.show_help) {
         fputs(config_usage(), stdout);
         return 0;
@@ -147,6 +182,10 @@ int main(int argc, char **argv)
         return 0;
     }
     log_setup(g.cfg.log_level, g.cfg.log_format);
+    /* As PID 1: mounts, console, hostname and network first. Outside PID 1 this refuses and
+     * guestd becomes a subreaper instead (reaper_start). */
+    if (pid1 && pid1_setup() == 0)
+        log_info("running as PID 1");
 
     /* Children inherit a predictable file mode creation mask, as under envd. */
     umask(022);
@@ -240,8 +279,21 @@ int main(int argc, char **argv)
     r = uv_loop_close(g.loop);
     if (r < 0)
         log_debug("event loop closed with handles left: %s", uv_strerror(r));
+    enum pid1_action action = (enum pid1_action) g.cfg.final_action;
+    uint64_t grace =
+            g.cfg.shutdown_grace_ms ? g.cfg.shutdown_grace_ms : CONFIG_DEFAULT_SHUTDOWN_GRACE_MS;
     state_done(&g.state);
     config_done(&g.cfg);
+    if (pid1) {
+        enum pid1_action a = action;
+        pid1_end_all(grace);
+        log_info("stopped; final action: %s", pid1_action_name(a));
+        r = pid1_final_action(a);
+        log_error("final action %s failed: %s", pid1_action_name(a), strerror(-r));
+        /* PID 1 must never exit: that would panic the kernel. */
+        for (;;)
+            (void) pause();
+    }
     log_info("stopped");
     return 0;
 }
