@@ -74,7 +74,7 @@ def main(argv):
             name = t["name"].split(" / ")[-1]
             result = t.get("result", "")
             junit = os.path.join(d, "meson-logs", f"junit-{name}.xml")
-            if os.path.exists(junit) and name in ("integration", "stress"):
+            if os.path.exists(junit) and name in ("integration", "stress", "sdk"):
                 p, f, s = count_junit(junit)
             else:
                 p, f, s = count_tap(t.get("stdout", ""))

@@ -70,3 +70,30 @@ export async function startGuestd(extraArgs = []) {
     },
   }
 }
+
+// Polls fn() until it returns a truthy value (returned) or timeoutMs passes (throws, naming
+// `what`). fn may be async; errors it throws propagate. For "eventually" checks, not timing.
+export async function waitFor(fn, { timeoutMs = 20000, intervalMs = 25, what = 'condition' } = {}) {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    const v = await fn()
+    if (v) return v
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)
+    await new Promise((r) => setTimeout(r, intervalMs))
+  }
+}
+
+// Collects byte chunks (e.g. PTY onData) as UTF-8 text: { onData, text() }.
+export function textSink() {
+  const dec = new TextDecoder()
+  let s = ''
+  return {
+    onData: (d) => { s += dec.decode(d, { stream: true }) },
+    text: () => s,
+  }
+}
+
+// A string unlikely to collide between tests or runs (for markers, file names, commands).
+export function uniqueId(prefix = 'id') {
+  return `${prefix}_${process.pid}_${Date.now().toString(36)}_${Math.random().toString(36).slice(2, 8)}`
+}
