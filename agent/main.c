@@ -242,6 +242,7 @@ int main(int argc, char **argv)
             .global_cap =
                     g.cfg.output_global_cap ? g.cfg.output_global_cap : PROC_DEFAULT_GLOBAL_CAP,
             .drain_ms = g.cfg.output_drain_ms ? g.cfg.output_drain_ms : PROC_DEFAULT_DRAIN_MS,
+            .owner_stall_ms = PROC_DEFAULT_OWNER_STALL_MS,
             .result_ttl_ms = g.cfg.result_ttl_ms ? g.cfg.result_ttl_ms : PROC_DEFAULT_RESULT_TTL_MS,
             .max_results = PROC_DEFAULT_MAX_RESULTS,
             .max_processes = PROC_DEFAULT_MAX_PROCESSES,

@@ -20,10 +20,7 @@
 #include "proc/reaper.h"
 
 /* Bytes read from a child's pipe at once; one read becomes one output chunk (as envd). */
-#define PROC_READ_CHUNK  (32 * 1024)
-/* With the block policy the child stops being read once its owner is this close to the cap
- * behind, so that the largest read still fits without dropping unread bytes. */
-#define PROC_BLOCK_SLACK (2 * PROC_READ_CHUNK)
+#define PROC_READ_CHUNK (32 * 1024)
 
 enum pipe_slot {
     SLOT_OUT = 0, /* stdout, or the PTY master (read and write) */
@@ -48,6 +45,9 @@ struct proc {
     size_t in_writes; /* stdin writes in flight */
     bool in_close_pending;
     uv_timer_t drain_timer;
+    uv_timer_t stall_timer;    /* owner-paced policy: releases the child from a stalled owner */
+    uv_timer_t deadline_timer; /* Connect-Timeout-Ms of the start */
+    bool owner_released;
     int pending_closes;
     bool leader_exited;
     bool ended;
@@ -140,6 +140,14 @@ static void close_pipe(struct proc *p, enum pipe_slot s)
         return;
     p->pipe_open[s] = false;
     uv_close((uv_handle_t *) &p->pipes[s], on_handle_closed);
+}
+
+static void close_timers(struct proc *p)
+{
+    uv_timer_t *timers[] = {&p->drain_timer, &p->stall_timer, &p->deadline_timer};
+    for (size_t i = 0; i < ARRAY_SIZE(timers); i++)
+        if (!uv_is_closing((uv_handle_t *) timers[i]))
+            uv_close((uv_handle_t *) timers[i], on_handle_closed);
 }
 
 void proc_ref(struct proc *p)
@@ -261,12 +269,33 @@ static struct proc_sub *owner_of(struct proc *p)
 
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
 
+/* Whether the owner currently paces the child. */
+static bool flow_controlled(const struct proc *p)
+{
+    return p->policy == PROC_POLICY_BLOCK ||
+           (p->policy == PROC_POLICY_OWNER_PACED && !p->owner_released);
+}
+
+/* Bytes the log can take before it would drop something the pacing owner has not read. */
+static size_t owner_room(struct proc *p)
+{
+    struct proc_sub *o = owner_of(p);
+    if (!o || !flow_controlled(p))
+        return SIZE_MAX;
+    uint64_t behind = outlog_end(p->log) - o->cursor;
+    size_t cap = outlog_cap(p->log);
+    return behind >= cap ? 0 : cap - (size_t) behind;
+}
+
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     struct proc *p = h->data;
     (void) suggested;
-    /* Reads are handled synchronously in on_read, so one buffer per table is enough. */
-    *buf = uv_buf_init(p->t->read_buf, sizeof(p->t->read_buf));
+    /* Reads are handled synchronously in on_read, so one buffer per table is enough. A paced
+     * child is read no further than the owner's room, so nothing unread is ever dropped. */
+    size_t room = owner_room(p);
+    size_t n = MIN(sizeof(p->t->read_buf), room);
+    *buf = uv_buf_init(p->t->read_buf, (unsigned) (n ? n : 1));
 }
 
 static void set_reading(struct proc *p, bool on)
@@ -282,22 +311,34 @@ static void set_reading(struct proc *p, bool on)
     p->reading_paused = !on;
 }
 
-/*
- * The block policy: the owner is behind when its unread bytes approach the cap. The child then
- * blocks on a full pipe until the owner catches up (proc_sub_advanced).
- */
-static void apply_block_policy(struct proc *p)
+static void apply_flow(struct proc *p);
+
+static void on_owner_stalled(uv_timer_t *t)
 {
-    if (p->policy != PROC_POLICY_BLOCK)
-        return;
-    struct proc_sub *o = owner_of(p);
+    struct proc *p = t->data;
+    log_debug("process %d: its owner stopped reading; output is no longer paced", (int) p->res.pid);
+    p->owner_released = true;
+    apply_flow(p);
+}
+
+/*
+ * Pacing: the child is not read while the owner has no room left (a full pipe then blocks the
+ * child), and is read again once the owner has consumed half the log. With the owner-paced
+ * policy a stall timer runs while the child waits; an owner that makes no progress before it
+ * fires releases the child for good.
+ */
+static void apply_flow(struct proc *p)
+{
+    size_t room = owner_room(p);
     size_t cap = outlog_cap(p->log);
-    uint64_t behind = o ? outlog_end(p->log) - o->cursor : 0;
-    bool block = o && cap > PROC_BLOCK_SLACK && behind + PROC_BLOCK_SLACK >= cap;
-    if (block && !p->reading_paused)
+    if (room == 0 && !p->reading_paused) {
         set_reading(p, false);
-    else if (!block && p->reading_paused && (!o || behind < cap / 2))
+        if (p->policy == PROC_POLICY_OWNER_PACED)
+            (void) uv_timer_start(&p->stall_timer, on_owner_stalled, p->t->lim.owner_stall_ms, 0);
+    } else if (p->reading_paused && (room == SIZE_MAX || room >= cap / 2)) {
+        (void) uv_timer_stop(&p->stall_timer);
         set_reading(p, true);
+    }
 }
 
 void proc_subscribe(struct proc *p, struct proc_sub *s, uint64_t from)
@@ -322,14 +363,20 @@ void proc_unsubscribe(struct proc_sub *s)
     s->proc = NULL;
     s->next = NULL;
     if (p->reading_paused)
-        apply_block_policy(p);
+        apply_flow(p);
     proc_unref(p);
 }
 
 void proc_sub_advanced(struct proc_sub *s)
 {
-    if (s->proc && s->proc->reading_paused)
-        apply_block_policy(s->proc);
+    struct proc *p = s->proc;
+    if (!p)
+        return;
+    /* Progress by the owner restarts the stall clock. */
+    if (s->owner && uv_is_active((uv_handle_t *) &p->stall_timer))
+        (void) uv_timer_again(&p->stall_timer);
+    if (p->reading_paused)
+        apply_flow(p);
 }
 
 /* --- the global cap -------------------------------------------------------------------------- */
@@ -358,6 +405,8 @@ static void proc_end(struct proc *p)
         return;
     p->ended = true;
     (void) uv_timer_stop(&p->drain_timer);
+    (void) uv_timer_stop(&p->stall_timer);
+    (void) uv_timer_stop(&p->deadline_timer);
     /* Readers left open after the drain period: a grandchild holds the pipe. */
     for (enum pipe_slot s = SLOT_OUT; s <= SLOT_ERR; s++)
         if (p->pipe_open[s] && !p->pipe_eof[s]) {
@@ -451,7 +500,7 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
         p->t->log_total = p->t->log_total - before + outlog_size(p->log);
         if (p->t->log_total > p->t->lim.global_cap)
             enforce_global_cap(p->t);
-        apply_block_policy(p);
+        apply_flow(p);
         wake_all(p);
         return;
     }
@@ -489,7 +538,12 @@ static struct proc *proc_alloc(struct proc_table *t, const struct proc_spec *spe
     p->res.started_ns = realtime_ns();
     (void) uv_timer_init(t->loop, &p->drain_timer);
     p->drain_timer.data = p;
-    p->pending_closes = 1; /* the drain timer, closed when the process is dropped */
+    (void) uv_timer_init(t->loop, &p->stall_timer);
+    p->stall_timer.data = p;
+    (void) uv_timer_init(t->loop, &p->deadline_timer);
+    p->deadline_timer.data = p;
+    /* The timers, closed when the process is dropped (close_timers). */
+    p->pending_closes = 3;
     return p;
 }
 
@@ -513,7 +567,7 @@ static void proc_discard(struct proc *p)
 {
     for (enum pipe_slot s = SLOT_OUT; s < SLOT_COUNT; s++)
         close_pipe(p, s);
-    uv_close((uv_handle_t *) &p->drain_timer, on_handle_closed);
+    close_timers(p);
     proc_unref(p);
 }
 
@@ -585,8 +639,9 @@ int proc_start(struct proc_table *t, const struct proc_spec *spec, struct proc *
             (void) reaper_watch(pid, on_spawn_failure_exit, NULL);
         *ret_err = serr;
         if (p->exec_id) {
-            /* Keep the failure as a result so that a retried start sees it. */
-            p->res.pid = pid;
+            /* Keep the failure as a result so that a retried start sees it. No process ran,
+             * so the result has no pid (the forked child never ran the command). */
+            p->res.pid = 0;
             p->res.cause = PROC_CAUSE_SPAWN_FAILED;
             p->res.spawn_step = serr.step;
             p->res.spawn_errno = serr.err;
@@ -701,6 +756,18 @@ int proc_close_stdin(struct proc *p)
     return 0;
 }
 
+static void on_deadline(uv_timer_t *t)
+{
+    struct proc *p = t->data;
+    (void) proc_signal(p, SIGKILL, true, PROC_CAUSE_DEADLINE);
+}
+
+void proc_set_deadline(struct proc *p, uint64_t ms)
+{
+    if (!p->ended)
+        (void) uv_timer_start(&p->deadline_timer, on_deadline, ms, 0);
+}
+
 int proc_resize(struct proc *p, unsigned short cols, unsigned short rows)
 {
     if (!p->pty)
@@ -782,8 +849,7 @@ static void expire(struct proc_table *t)
         list_remove(&t->ended_head, &t->ended_tail, p);
         p->in_ended = false;
         t->n_ended--;
-        if (!uv_is_closing((uv_handle_t *) &p->drain_timer))
-            uv_close((uv_handle_t *) &p->drain_timer, on_handle_closed);
+        close_timers(p);
         proc_unref(p);
     }
 }
@@ -860,8 +926,7 @@ void proc_table_free(struct proc_table *t)
         struct proc *p = t->ended_head;
         list_remove(&t->ended_head, &t->ended_tail, p);
         p->in_ended = false;
-        if (!uv_is_closing((uv_handle_t *) &p->drain_timer))
-            uv_close((uv_handle_t *) &p->drain_timer, on_handle_closed);
+        close_timers(p);
         p->t = NULL;
         proc_unref(p);
     }
@@ -870,8 +935,7 @@ void proc_table_free(struct proc_table *t)
         reaper_unwatch(p->res.pid);
         for (enum pipe_slot s = SLOT_OUT; s < SLOT_COUNT; s++)
             close_pipe(p, s);
-        if (!uv_is_closing((uv_handle_t *) &p->drain_timer))
-            uv_close((uv_handle_t *) &p->drain_timer, on_handle_closed);
+        close_timers(p);
         p->t = NULL;
         proc_unref(p);
     }

@@ -42,28 +42,37 @@ enum proc_cause {
 };
 
 enum proc_policy {
-    PROC_POLICY_DROP_OLDEST = 0, /* the log keeps the newest bytes; late readers see a gap */
-    PROC_POLICY_BLOCK,           /* the child waits while the owner subscriber is behind */
+    /* The default: the child waits while the stream that started it (the owner) is behind but
+     * still reading; an owner that makes no progress for owner_stall_ms releases the child, and
+     * from then on the log keeps the newest bytes (the owner is cut or sees a gap). Other
+     * subscribers never slow the child. */
+    PROC_POLICY_OWNER_PACED = 0,
+    PROC_POLICY_DROP_OLDEST, /* the log keeps the newest bytes; late readers see a gap */
+    PROC_POLICY_BLOCK,       /* the child waits while the owner is behind, however long */
 };
 
 struct proc_limits {
-    size_t log_cap;         /* per-process output log */
-    size_t global_cap;      /* all logs together */
-    uint64_t drain_ms;      /* output drain after the leader exits */
-    uint64_t result_ttl_ms; /* how long results of ended processes are kept */
-    size_t max_results;     /* ended processes kept at most */
-    size_t max_processes;   /* live processes at most */
+    size_t log_cap;          /* per-process output log */
+    size_t global_cap;       /* all logs together */
+    uint64_t drain_ms;       /* output drain after the leader exits */
+    uint64_t owner_stall_ms; /* an owner this long without progress releases the child */
+    uint64_t result_ttl_ms;  /* how long results of ended processes are kept */
+    size_t max_results;      /* ended processes kept at most */
+    size_t max_processes;    /* live processes at most */
 };
 
 /* Defaults; each is also a config key (see config.c). */
-#define PROC_DEFAULT_LOG_CAP       (1024 * 1024)
-#define PROC_DEFAULT_GLOBAL_CAP    (64 * 1024 * 1024)
-#define PROC_DEFAULT_DRAIN_MS      2000
-#define PROC_DEFAULT_RESULT_TTL_MS (5 * 60 * 1000)
+#define PROC_DEFAULT_LOG_CAP        (1024 * 1024)
+#define PROC_DEFAULT_GLOBAL_CAP     (64 * 1024 * 1024)
+#define PROC_DEFAULT_DRAIN_MS       2000
+/* Long enough for any client that is reading at all; short enough that a client that stopped
+ * does not hold a child for long. */
+#define PROC_DEFAULT_OWNER_STALL_MS 10000
+#define PROC_DEFAULT_RESULT_TTL_MS  (5 * 60 * 1000)
 /* Results kept at most: each holds a 4 KiB tail, so 1024 results cost about 5 MiB. */
-#define PROC_DEFAULT_MAX_RESULTS   1024
+#define PROC_DEFAULT_MAX_RESULTS    1024
 /* Live processes at most: each costs a few handles and fds in guestd. */
-#define PROC_DEFAULT_MAX_PROCESSES 4096
+#define PROC_DEFAULT_MAX_PROCESSES  4096
 
 struct proc_spec {
     struct spawn_plan plan; /* stdio fields are filled in by proc_start */
@@ -145,6 +154,8 @@ const struct outlog *proc_log(const struct proc *p);
 int proc_write_input(struct proc *p, const void *data, size_t len);
 /* Closes stdin (EOF for the child). -ENOTTY for a PTY process. Closing twice is fine. */
 int proc_close_stdin(struct proc *p);
+/* Kills the process group (cause deadline) after `ms`, whoever is still listening. */
+void proc_set_deadline(struct proc *p, uint64_t ms);
 /* Resizes the PTY. -ENOTTY if the process has none. */
 int proc_resize(struct proc *p, unsigned short cols, unsigned short rows);
 /*

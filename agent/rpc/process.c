@@ -19,6 +19,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <uv.h>
+
 #include "agent-limits.h"
 #include "base/alloc.h"
 #include "base/buf.h"
@@ -631,6 +633,13 @@ static void start_process(struct rpc_call *call, const struct start_params *sp)
         goto out;
     }
     log_debug("started process %d (%s) for %s", (int) proc_pid(p), cfg->cmd, ctx->user.name);
+    /* Connect-Timeout-Ms on a start kills the process at the deadline even if the client has
+     * gone by then (envd); the stream itself ends with deadline_exceeded. */
+    if (rpc_call_has_deadline(call)) {
+        uint64_t now = uv_now(http_req_loop(rpc_call_http(call)));
+        uint64_t due = rpc_call_deadline(call);
+        proc_set_deadline(p, due > now ? due - now : 0);
+    }
     stream_begin(call, p, sp->kind, true, 0, NULL);
     proc_unref(p);
 out:
@@ -697,7 +706,7 @@ static void envd_start(struct rpc_call *call, const ProtobufCMessage *in)
     struct start_params sp = {
             .req = (const Process__StartRequest *) in,
             .exec_id = exec_id && *exec_id ? exec_id : NULL,
-            .policy = PROC_POLICY_DROP_OLDEST,
+            .policy = PROC_POLICY_OWNER_PACED,
             .kind = SUB_ENVD_START,
     };
     start_process(call, &sp);
@@ -1021,7 +1030,9 @@ static void guestd_start(struct rpc_call *call, const ProtobufCMessage *in)
             .exec_id = *req->exec_id ? req->exec_id : NULL,
             .policy = req->output_policy == GUESTD__V1__OUTPUT_POLICY__OUTPUT_POLICY_BLOCK
                               ? PROC_POLICY_BLOCK
-                              : PROC_POLICY_DROP_OLDEST,
+                      : req->output_policy == GUESTD__V1__OUTPUT_POLICY__OUTPUT_POLICY_DROP_OLDEST
+                              ? PROC_POLICY_DROP_OLDEST
+                              : PROC_POLICY_OWNER_PACED,
             .kind = SUB_GUESTD,
     };
     start_process(call, &sp);

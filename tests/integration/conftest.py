@@ -423,3 +423,144 @@ def token_hex(seed):
     """A 64-hex-digit token, distinct per seed."""
     import hashlib
     return hashlib.sha256(seed.encode()).hexdigest()
+
+
+# --- protobuf encoding (by hand, for proto-codec requests) ----------------------------------
+
+def pb_varint(n):
+    """Encodes a non-negative integer as a protobuf varint."""
+    assert n >= 0
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def pb_uint(field, n):
+    """A varint field (wire type 0)."""
+    return pb_varint(field << 3) + pb_varint(n)
+
+
+def pb_bytes(field, data):
+    """A length-delimited field (wire type 2): bytes, strings (str is UTF-8 encoded) or
+    sub-messages."""
+    if isinstance(data, str):
+        data = data.encode()
+    return pb_varint(field << 3 | 2) + pb_varint(len(data)) + data
+
+
+def zigzag_decode(n):
+    """The value of a sint32/sint64 varint."""
+    return (n >> 1) ^ -(n & 1)
+
+
+# --- JSON server streams ---------------------------------------------------------------------
+
+class EventStream:
+    """A Connect server stream with the JSON codec, read message by message.
+
+    next() returns the next message (parsed JSON) or None once the end-of-stream frame
+    arrived; that frame's JSON is then in .end. Use as a context manager to close the socket.
+    """
+
+    def __init__(self, g, path, msg, headers=None, unix=False, timeout=30):
+        self.sock, self.reader, self.status, self.headers = stream_open(
+            g, path, msg, headers, unix=unix)
+        self.sock.settimeout(timeout)
+        self._it = stream_messages(self.reader)
+        self.end = None
+
+    def next(self):
+        if self.end is not None:
+            return None
+        flags, payload = next(self._it)
+        if flags & 0x02:
+            self.end = json.loads(payload)
+            # Nothing may follow the end-of-stream frame: the chunked body ends here.
+            rest = list(self._it)
+            assert rest == [], f"messages after the end-of-stream frame: {rest!r}"
+            return None
+        assert flags == 0, f"unexpected envelope flags {flags:#x}"
+        return json.loads(payload)
+
+    def rest(self):
+        """All remaining messages up to the end-of-stream frame (which goes to .end)."""
+        out = []
+        while True:
+            m = self.next()
+            if m is None:
+                return out
+            out.append(m)
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def b64(data):
+    import base64
+    if isinstance(data, str):
+        data = data.encode()
+    return base64.b64encode(data).decode()
+
+
+def unb64(text):
+    import base64
+    return base64.b64decode(text or "")
+
+
+def wait_until(predicate, timeout=20, interval=0.05, what="condition"):
+    """Polls predicate() until it returns a true value (returned); fails after timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = predicate()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(interval)
+
+
+def pid_alive(pid):
+    """True while pid exists (a zombie counts as alive: it has not been reaped)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def kill_if_running(pid, needle):
+    """SIGKILLs pid if it is still a process whose command line contains needle (guards
+    against pid reuse); for cleaning up grandchildren that tests started."""
+    import signal as _signal
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+    except OSError:
+        return
+    if needle.encode() in cmdline:
+        try:
+            os.kill(pid, _signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        # Give guestd (a child subreaper) the chance to reap it before it is stopped, so that
+        # no zombie is handed to the machine's init. Best effort: cleanup must not fail a test.
+        deadline = time.monotonic() + 10
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
