@@ -408,11 +408,11 @@ static void proc_end(struct proc *p)
     (void) uv_timer_stop(&p->stall_timer);
     (void) uv_timer_stop(&p->deadline_timer);
     /* Readers left open after the drain period: a grandchild holds the pipe. */
-    for (enum pipe_slot s = SLOT_OUT; s <= SLOT_ERR; s++)
-        if (p->pipe_open[s] && !p->pipe_eof[s]) {
+    for (enum pipe_slot s = SLOT_OUT; s <= SLOT_ERR; s++) {
+        if (p->pipe_open[s] && !p->pipe_eof[s])
             p->res.output_cut = true;
-            close_pipe(p, s);
-        }
+        close_pipe(p, s);
+    }
     close_pipe(p, SLOT_IN);
     if (p->res.cause != PROC_CAUSE_SPAWN_FAILED) {
         int st = p->wait_status;
@@ -509,12 +509,10 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
     /* EOF, or EIO on a PTY master once the slave side is gone: the end of this stream. */
     p->pipe_eof[slot] = true;
     (void) uv_read_stop(stream);
-    if (slot == SLOT_OUT && p->pty) {
-        /* The master also carries input: nothing more can be written. */
-        close_pipe(p, SLOT_OUT);
-    } else {
+    /* A PTY master stays open until the process ends: closing it hangs up the terminal, and
+     * the kernel would SIGHUP a child that closed its descriptors but has not exited yet. */
+    if (!(slot == SLOT_OUT && p->pty))
         close_pipe(p, slot);
-    }
     if (p->leader_exited && output_done(p))
         proc_end(p);
 }

@@ -413,6 +413,17 @@ def test_pty_is_controlling_tty_and_new_session(guestd):
     assert lines[1].strip() == lines[2].strip(), lines  # session leader
 
 
+def test_pty_child_closing_its_terminal_is_not_hung_up(guestd):
+    # The child closes every descriptor of its terminal, then goes on running. guestd sees EIO
+    # on the master at once; it must not close the master then, or the kernel hangs up the
+    # terminal and SIGHUPs the child (which would end as "signal: hangup").
+    _, out, end = run_output(guestd, pty_req(
+        "sh", "-c", "echo before; exec 0<&- 1>&- 2>&-; sleep 0.5; exit 4"))
+    assert out["pty"] == b"before\r\n"
+    assert end.get("exitCode") == 4, end
+    assert end["status"] == "exit status 4", end
+
+
 def test_pty_input_is_echoed(guestd):
     with start(guestd, pty_req("cat")) as p:
         send_input(guestd, p.pid, b"hello\n", kind="pty")
