@@ -1995,6 +1995,39 @@ static void test_pid1_loopback(void)
         CHECK(status == 204, "GET /health over %s answered %d", addr, status);
 }
 
+/* eth0 configured by guestd (PID 1) from the kernel's ip= argument, when the runner gives one
+ * (run-vm --net with ip=ADDR::GW:MASK::eth0:off on the command line). */
+static void test_pid1_eth0(void)
+{
+    struct buf o;
+    if (!pid1_only())
+        return;
+    buf_init(&o, 8192);
+    if (sh("cat /proc/cmdline", &o) != 0) {
+        buf_free(&o);
+        return;
+    }
+    const char *ip = strstr(o.data ? o.data : "", "ip=");
+    if (!ip) {
+        printf("# no ip= on the kernel command line: nothing to check\n");
+        buf_free(&o);
+        return;
+    }
+    char want[32] = "", gw[32] = "";
+    (void) sscanf(ip + 3, "%31[0-9.]::%31[0-9.]", want, gw);
+    buf_reset(&o);
+    if (sh("ip -4 addr show dev eth0; ip -4 route", &o) == 0) {
+        char inet[64], route[64];
+        (void) snprintf(inet, sizeof(inet), "inet %s/", want);
+        (void) snprintf(route, sizeof(route), "default via %s dev eth0", gw);
+        CHECK(strstr(o.data ? o.data : "", inet) != NULL, "eth0 lacks %s: %s", want, showb(&o));
+        if (gw[0])
+            CHECK(strstr(o.data ? o.data : "", route) != NULL, "no default route via %s: %s", gw,
+                  showb(&o));
+    }
+    buf_free(&o);
+}
+
 /* --- main ------------------------------------------------------------------------------------ */
 
 static _Noreturn void usage(int rc)
@@ -2111,6 +2144,7 @@ int main(int argc, char **argv)
             {"pid1: orphan reaping does not steal a child's status", test_pid1_status_not_stolen},
             {"pid1: hostname from the kernel command line", test_pid1_hostname},
             {"pid1: loopback is up", test_pid1_loopback},
+            {"pid1: eth0 from the kernel's ip= argument", test_pid1_eth0},
     };
 
     buf_init(&cur.diag, 1024 * 1024);
