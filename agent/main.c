@@ -22,6 +22,7 @@
 #include "net/net.h"
 #include "proc/proc.h"
 #include "proc/reaper.h"
+#include "rpc/fs.h"
 #include "rpc/process.h"
 #include "rpc/router.h"
 #include "rpc/system.h"
@@ -260,6 +261,7 @@ int main(int argc, char **argv)
     }
     process_service_init(g.procs);
     router_add_methods(g.router, process_methods, process_methods_count);
+    router_add_methods(g.router, fs_methods, fs_methods_count);
 
     config_default_listeners(&g.cfg, g.state.pid1);
     if (start_listeners(&g) < 0)
