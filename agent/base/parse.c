@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <stdint.h>
+#include <string.h>
 #include <strings.h>
 
 #include "base/macro.h"
@@ -90,4 +91,25 @@ int parse_port(const char *s, uint16_t *ret)
         return -ERANGE;
     *ret = (uint16_t) v;
     return 0;
+}
+
+bool parse_list_has_token(const char *value, const char *token)
+{
+    size_t tlen = strlen(token);
+    const char *p = value;
+    while (*p) {
+        while (*p == ' ' || *p == '\t' || *p == ',')
+            p++;
+        const char *start = p;
+        while (*p && *p != ',' && *p != ';')
+            p++;
+        const char *end = p;
+        while (end > start && (end[-1] == ' ' || end[-1] == '\t'))
+            end--;
+        if ((size_t) (end - start) == tlen && strncasecmp(start, token, tlen) == 0)
+            return true;
+        while (*p && *p != ',')
+            p++;
+    }
+    return false;
 }

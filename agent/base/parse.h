@@ -18,3 +18,6 @@ int parse_u64_digits(const char *s, size_t len, size_t max_digits, uint64_t *ret
 int parse_bool(const char *s, bool *ret);
 /* Port number 1..65535. */
 int parse_port(const char *s, uint16_t *ret);
+/* Case-insensitive search of a comma-separated header list ("keep-alive, Upgrade") for a
+ * token; parameters after ';' are ignored. */
+bool parse_list_has_token(const char *value, const char *token);

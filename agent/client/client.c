@@ -713,22 +713,7 @@ static bool header_is(const char *name, const char *want)
 /* Whether a comma-separated header value contains `token` (case-insensitive). */
 static bool list_has_token(const char *value, const char *token)
 {
-    size_t tlen = strlen(token);
-    const char *p = value;
-
-    while (*p) {
-        while (*p == ' ' || *p == '\t' || *p == ',')
-            p++;
-        const char *start = p;
-        while (*p && *p != ',')
-            p++;
-        const char *end = p;
-        while (end > start && (end[-1] == ' ' || end[-1] == '\t'))
-            end--;
-        if ((size_t) (end - start) == tlen && strncasecmp(start, token, tlen) == 0)
-            return true;
-    }
-    return false;
+    return parse_list_has_token(value, token);
 }
 
 static int build_head(struct client *c, const struct client_request *req, struct buf *out,

@@ -8,6 +8,7 @@
 #include "base/alloc.h"
 #include "base/buf.h"
 #include "base/macro.h"
+#include "base/parse.h"
 #include "base/transport.h"
 #include "http/http.h"
 
@@ -165,21 +166,5 @@ int http_query_get(const char *query, const char *name, char **ret_value)
 
 bool http_header_has_token(const char *value, const char *token)
 {
-    size_t tlen = strlen(token);
-    const char *p = value;
-    while (*p) {
-        while (*p == ' ' || *p == '\t' || *p == ',')
-            p++;
-        const char *start = p;
-        while (*p && *p != ',' && *p != ';')
-            p++;
-        const char *end = p;
-        while (end > start && (end[-1] == ' ' || end[-1] == '\t'))
-            end--;
-        if ((size_t) (end - start) == tlen && strncasecmp(start, token, tlen) == 0)
-            return true;
-        while (*p && *p != ',')
-            p++;
-    }
-    return false;
+    return parse_list_has_token(value, token);
 }
