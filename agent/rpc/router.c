@@ -278,6 +278,17 @@ void router_handle(struct http_req *req, void *userdata)
         return;
     }
 
+    if (streq(req->path, "/metrics")) {
+        if (req->method != HMETHOD_GET && req->method != HMETHOD_HEAD) {
+            http_resp_header(req, "Allow", "GET");
+            (void) http_resp_simple(req, 405, NULL, NULL, 0);
+        } else {
+            system_metrics(req, ctx);
+        }
+        ctx_free(ctx);
+        return;
+    }
+
     if (is_connect_path(req->path)) {
         const struct rpc_method *m = find_method(r, req->path);
         if (!m) {

@@ -20,6 +20,7 @@
 #include "rpc/router.h"
 #include "sec/token.h"
 #include "sys/clock.h"
+#include "sys/metrics.h"
 #include "sys/state.h"
 
 /* --- /health, /envs ------------------------------------------------------------------------- */
@@ -60,6 +61,90 @@ void system_envs(struct http_req *req, struct rpc_ctx *ctx)
     http_resp_header(req, "Cache-Control", "no-store");
     (void) http_resp_simple(req, 200, "application/json", b.data, b.len);
     buf_free(&b);
+}
+
+/* --- /metrics -------------------------------------------------------------------------------- */
+
+/* The previous CPU sample: envd's cpu_used_pct is the busy share since the last call. */
+static struct metrics_cpu_sample cpu_prev;
+
+/* Go's JSON float: shortest form, no trailing zeros ("12.5", "3", "0.07"). */
+static void append_pct(struct buf *b, double v)
+{
+    char num[32];
+    int n = snprintf(num, sizeof(num), "%.2f", v);
+    while (n > 0 && num[n - 1] == '0')
+        num[--n] = '\0';
+    if (n > 0 && num[n - 1] == '.')
+        num[--n] = '\0';
+    (void) buf_append_str(b, num);
+}
+
+void system_metrics(struct http_req *req, struct rpc_ctx *ctx)
+{
+    struct host_metrics m;
+    struct buf b;
+    char *format = NULL;
+    (void) ctx;
+    http_resp_header(req, "Cache-Control", "no-store");
+    if (http_query_get(req->query, "format", &format) < 0) {
+        router_rest_error(req, 400, "invalid query string");
+        return;
+    }
+    if (metrics_collect(&cpu_prev, &m) < 0) {
+        free(format);
+        (void) http_resp_simple(req, 500, NULL, NULL, 0);
+        return;
+    }
+    buf_init(&b, 64 * 1024);
+    if (format && streq(format, "prometheus")) {
+        (void) buf_printf(&b,
+                          "# HELP guestd_host_cpu_count Logical CPUs online.\n"
+                          "# TYPE guestd_host_cpu_count gauge\n"
+                          "guestd_host_cpu_count %u\n"
+                          "# HELP guestd_host_cpu_used_percent Busy CPU share since the previous "
+                          "scrape.\n"
+                          "# TYPE guestd_host_cpu_used_percent gauge\n"
+                          "guestd_host_cpu_used_percent %.2f\n"
+                          "# HELP guestd_host_memory_total_bytes MemTotal.\n"
+                          "# TYPE guestd_host_memory_total_bytes gauge\n"
+                          "guestd_host_memory_total_bytes %llu\n"
+                          "# HELP guestd_host_memory_used_bytes MemTotal minus MemAvailable.\n"
+                          "# TYPE guestd_host_memory_used_bytes gauge\n"
+                          "guestd_host_memory_used_bytes %llu\n"
+                          "# HELP guestd_host_memory_cache_bytes Cached plus SReclaimable.\n"
+                          "# TYPE guestd_host_memory_cache_bytes gauge\n"
+                          "guestd_host_memory_cache_bytes %llu\n"
+                          "# HELP guestd_host_disk_total_bytes Size of the root filesystem.\n"
+                          "# TYPE guestd_host_disk_total_bytes gauge\n"
+                          "guestd_host_disk_total_bytes %llu\n"
+                          "# HELP guestd_host_disk_used_bytes Used space of the root filesystem.\n"
+                          "# TYPE guestd_host_disk_used_bytes gauge\n"
+                          "guestd_host_disk_used_bytes %llu\n",
+                          m.cpu_count, m.cpu_used_pct, (unsigned long long) m.mem_total,
+                          (unsigned long long) m.mem_used, (unsigned long long) m.mem_cache,
+                          (unsigned long long) m.disk_total, (unsigned long long) m.disk_used);
+        (void) http_resp_simple(req, 200, "text/plain; version=0.0.4; charset=utf-8", b.data,
+                                b.len);
+    } else if (format && *format) {
+        router_rest_error(req, 400, "unknown metrics format (json or prometheus)");
+    } else {
+        /* envd's fields and names exactly (host/metrics.go). */
+        (void) buf_printf(&b, "{\"ts\":%lld,\"cpu_count\":%u,\"cpu_used_pct\":", (long long) m.ts,
+                          m.cpu_count);
+        append_pct(&b, m.cpu_used_pct);
+        (void) buf_printf(&b,
+                          ",\"mem_total_mib\":%llu,\"mem_used_mib\":%llu,\"mem_total\":%llu,"
+                          "\"mem_used\":%llu,\"mem_cache\":%llu,\"disk_used\":%llu,"
+                          "\"disk_total\":%llu}\n",
+                          (unsigned long long) (m.mem_total >> 20),
+                          (unsigned long long) (m.mem_used >> 20), (unsigned long long) m.mem_total,
+                          (unsigned long long) m.mem_used, (unsigned long long) m.mem_cache,
+                          (unsigned long long) m.disk_used, (unsigned long long) m.disk_total);
+        (void) http_resp_simple(req, 200, "application/json", b.data, b.len);
+    }
+    buf_free(&b);
+    free(format);
 }
 
 /* --- /init ----------------------------------------------------------------------------------- */
