@@ -14,6 +14,7 @@
 #include "base/log.h"
 #include "build-config.h"
 #include "http/http.h"
+#include "rpc/files.h"
 #include "rpc/system.h"
 #include "sec/token.h"
 #include "sys/state.h"
@@ -26,7 +27,7 @@
 #define CORS_EXPOSE_HEADERS                                                      \
     "Connect-Protocol-Version, Connect-Timeout-Ms, Grpc-Status, Grpc-Message, "  \
     "Grpc-Status-Details-Bin, Location, Cache-Control, X-Content-Type-Options, " \
-    "X-Envd-Version, X-Guestd-Version"
+    "X-Envd-Version, X-Guestd-Version, ETag, Content-Disposition, Content-Range, Accept-Ranges"
 /* How long a browser may cache a preflight answer, as envd. */
 #define CORS_MAX_AGE "7200"
 
@@ -135,8 +136,10 @@ static bool auth_exempt(const struct http_req *req)
 {
     if (streq(req->path, "/health"))
         return req->method == HMETHOD_GET;
+    /* HEAD is a GET without the body: /files checks its signature the same way. */
     if (streq(req->path, "/files"))
-        return req->method == HMETHOD_GET || req->method == HMETHOD_POST;
+        return req->method == HMETHOD_GET || req->method == HMETHOD_HEAD ||
+               req->method == HMETHOD_POST;
     if (streq(req->path, "/init"))
         return req->method == HMETHOD_POST;
     return false;
@@ -257,6 +260,13 @@ void router_handle(struct http_req *req, void *userdata)
             return;
         }
         system_init(req, ctx); /* takes ctx */
+        return;
+    }
+
+    /* /files picks its user from the `username` query parameter, never from Basic auth. */
+    if (streq(req->path, "/files")) {
+        files_handle(req, st, trusted);
+        ctx_free(ctx);
         return;
     }
 
