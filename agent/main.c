@@ -26,6 +26,7 @@
 #include "rpc/process.h"
 #include "rpc/router.h"
 #include "rpc/system.h"
+#include "rpc/watch.h"
 #include "sec/token.h"
 #include "sys/pid1.h"
 #include "sys/state.h"
@@ -58,6 +59,7 @@ static void on_http_closed(void *userdata)
     struct guestd *g = userdata;
     uv_close((uv_handle_t *) &g->sigterm, NULL);
     uv_close((uv_handle_t *) &g->sigint, NULL);
+    watch_service_shutdown();
     proc_table_free(g->procs);
     g->procs = NULL;
     process_service_init(NULL);
@@ -262,6 +264,7 @@ int main(int argc, char **argv)
     process_service_init(g.procs);
     router_add_methods(g.router, process_methods, process_methods_count);
     router_add_methods(g.router, fs_methods, fs_methods_count);
+    router_add_methods(g.router, watch_methods, watch_methods_count);
 
     config_default_listeners(&g.cfg, g.state.pid1);
     if (start_listeners(&g) < 0)

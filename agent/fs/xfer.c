@@ -1666,26 +1666,46 @@ static int link_fd(int fd, const char *target)
  */
 static int link_in(struct xfer_writer *w, struct fsop_err *err)
 {
-    if (!w->existed) {
-        int r = link_fd(w->fd, w->path);
-        if (r == 0)
-            return 0;
-        if (r != -EEXIST)
-            return fail(err, "link", w->path, r);
-        /* Created meanwhile: replace it like an existing file. */
-    }
+    /* Both a new and a replaced file go through a temporary name and a rename, so that
+     * watchers see one rename they can report as envd's events (CREATE+WRITE for a new file,
+     * WRITE+CHMOD for a replaced one). A new file is renamed with RENAME_NOREPLACE: if the
+     * target appeared meanwhile, the upload replaces it like an existing one. */
+    bool fresh = !w->existed;
     for (int attempt = 0; attempt < WRITER_TMP_TRIES; attempt++) {
         uint64_t rnd = 0;
         if (getrandom(&rnd, sizeof(rnd), 0) != sizeof(rnd))
             rnd = (uint64_t) getpid() << 32 ^ (uint64_t) attempt ^ (uint64_t) w->fd;
-        _cleanup_free_ char *tmp = xmalloc(strlen(w->dir) + 40);
-        (void) sprintf(tmp, "%s/.guestd-upload-%016llx", streq(w->dir, "/") ? "" : w->dir,
+        _cleanup_free_ char *tmp = xmalloc(strlen(w->dir) + 48);
+        (void) sprintf(tmp, "%s/" XFER_UPLOAD_TMP_PREFIX "%c-%016llx",
+                       streq(w->dir, "/") ? "" : w->dir, fresh ? 'n' : 'r',
                        (unsigned long long) rnd);
         int r = link_fd(w->fd, tmp);
         if (r == -EEXIST)
             continue;
         if (r < 0)
             return fail(err, "link", tmp, r);
+        if (fresh) {
+            if (renameat2(AT_FDCWD, tmp, AT_FDCWD, w->path, RENAME_NOREPLACE) == 0)
+                return 0;
+            r = -errno;
+            (void) unlink(tmp);
+            if (r == -EEXIST) {
+                /* Created meanwhile: replace it like an existing file. */
+                fresh = false;
+                continue;
+            }
+            if (r == -EINVAL || r == -ENOSYS) {
+                /* No RENAME_NOREPLACE on this file system: link the new name directly. */
+                r = link_fd(w->fd, w->path);
+                if (r == 0)
+                    return 0;
+                if (r == -EEXIST) {
+                    fresh = false;
+                    continue;
+                }
+            }
+            return fail(err, "rename", w->path, r);
+        }
         if (rename(tmp, w->path) < 0) {
             r = -errno;
             (void) unlink(tmp);

@@ -30,20 +30,26 @@
 /* Every streamed step of a transfer moves at most this much: a file read for a download, a
  * disk write for an upload, one gzip output block. Large enough for few system calls and
  * threadpool round trips per MiB, small enough that a transfer holds little memory. */
-#define XFER_CHUNK            (256 * 1024)
+/*
+ * Atomic uploads appear under this temporary name before they are renamed into place; the
+ * character after it says whether the target was new ('n') or replaced ('r'). guestd's watchers
+ * hide these names and report the rename as envd's events on the target (fs/watch.c).
+ */
+#define XFER_UPLOAD_TMP_PREFIX ".guestd-upload-"
+#define XFER_CHUNK             (256 * 1024)
 /* Bytes of content that content-type sniffing looks at (Go's sniffLen). */
-#define XFER_SNIFF_LEN        512
+#define XFER_SNIFF_LEN         512
 /* Length of "sha256:" + 64 hex digits, without quotes or NUL. */
-#define XFER_HASH_TEXT_LEN    (7 + 64)
+#define XFER_HASH_TEXT_LEN     (7 + 64)
 /* Entity tags of recently hashed files, keyed by device, inode, size, mtime and ctime (a
  * change to the content moves mtime or at least ctime). Covers repeated downloads of the
  * same few files; each slot is about 130 bytes. */
-#define XFER_ETAG_CACHE_SLOTS 64
+#define XFER_ETAG_CACHE_SLOTS  64
 /* Files larger than this get no entity tag: hashing them before the first response byte
  * would take seconds. Conditional requests on them behave as if no tag existed. */
-#define XFER_ETAG_MAX_BYTES   (1024ULL * 1024 * 1024)
+#define XFER_ETAG_MAX_BYTES    (1024ULL * 1024 * 1024)
 /* An HTTP date ("Sun, 06 Nov 1994 08:49:37 GMT") and its NUL. */
-#define XFER_DATE_LEN         30
+#define XFER_DATE_LEN          30
 
 /* Multipart limits. A part's header section (browsers and SDKs send ~150 bytes) and the
  * header lines in it; the number of parts in one body (each file part is a file written, so

@@ -553,9 +553,10 @@ def test_basic_auth_user_matches_default(g, home_dir):
     assert e["path"] == "/root"
 
 
-def test_unregistered_methods_are_not_found(g):
-    r = fs(g, "CreateWatcher", {"path": "/tmp"})
+def test_unknown_methods_are_not_found(g):
+    r = fs(g, "Chmod", {"path": "/tmp"})
     assert r.status == 404
+    assert r.json()["code"] == "unimplemented"
 
 
 def test_many_requests_keep_credentials_straight(g, home_dir, root_private):
