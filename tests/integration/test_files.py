@@ -795,6 +795,11 @@ def test_200mib_round_trip_bounded_memory(g, d):
     assert got.hexdigest() == want.hexdigest()
     rss_after = vm_rss_kib(pid)
     growth = max(rss_mid, rss_after) - rss_before
+    # AddressSanitizer keeps freed memory in quarantine (up to 256 MiB) to catch use after
+    # free, so RSS says nothing about guestd there; the bound is checked in the other builds.
+    with open(f"/proc/{pid}/maps") as maps:
+        if "libasan" in maps.read():
+            return
     assert growth < 16 * 1024, f"RSS grew by {growth} KiB ({rss_before} → {rss_mid} → {rss_after})"
 
 
