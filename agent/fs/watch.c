@@ -885,10 +885,12 @@ static void watch_process(struct watch *w, const struct inotify_event *ev, const
      * WRITE for a new file, WRITE and CHMOD for a replaced one. The two records of a rename in
      * one directory arrive one after the other on the same watch.
      */
-    if (!dir && strncmp(nm, XFER_UPLOAD_TMP_PREFIX, STRLEN(XFER_UPLOAD_TMP_PREFIX)) == 0) {
+    bool upload_tmp = strncmp(nm, XFER_UPLOAD_TMP_PREFIX, STRLEN(XFER_UPLOAD_TMP_PREFIX)) == 0;
+    bool tar_tmp = strncmp(nm, XFER_TAR_TMP_PREFIX, STRLEN(XFER_TAR_TMP_PREFIX)) == 0;
+    if (!dir && (upload_tmp || tar_tmp)) {
         if (m & IN_MOVED_FROM) {
             w->upload_cookie = ev->cookie;
-            w->upload_kind = nm[STRLEN(XFER_UPLOAD_TMP_PREFIX)];
+            w->upload_kind = upload_tmp ? nm[STRLEN(XFER_UPLOAD_TMP_PREFIX)] : 'n';
         }
         return;
     }

@@ -36,6 +36,9 @@
  * hide these names and report the rename as envd's events on the target (fs/watch.c).
  */
 #define XFER_UPLOAD_TMP_PREFIX ".guestd-upload-"
+/* Files unpacked from a tar are written under this name, then renamed into place; watchers
+ * report them as new files (CREATE, WRITE). */
+#define XFER_TAR_TMP_PREFIX    ".guestd-tar-"
 #define XFER_CHUNK             (256 * 1024)
 /* Bytes of content that content-type sniffing looks at (Go's sniffLen). */
 #define XFER_SNIFF_LEN         512

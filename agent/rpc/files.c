@@ -1,8 +1,10 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * envd's GET and POST /files (protocol-envd.md §4.5, §4.6), with guestd's additions: entity
- * tags, Range and conditional requests on every path, uploads that replace files atomically,
- * upload preconditions, gzip request bodies streamed, and Guestd-Durable.
+ * envd's GET and POST /files (protocol-envd.md §4.5, §4.6) and POST /files/compose (§4.7),
+ * with guestd's additions: entity tags, Range and conditional requests on every path, uploads
+ * that replace files atomically, upload preconditions, gzip request bodies streamed,
+ * Guestd-Durable, and directory transfer as tar (GET with archive=tar, POST with
+ * Content-Type: application/x-tar; fs/tar.h).
  *
  * Threads. The loop thread parses the request, checks the signature and resolves the user and
  * the path, then hands the file work to libuv's threadpool, one step at a time per transfer:
@@ -20,6 +22,7 @@
  */
 #include "rpc/files.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -28,11 +31,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 #include <zlib.h>
 
+#include <jansson.h>
 #include <uv.h>
 
 #include "agent-limits.h"
@@ -48,6 +53,7 @@
 #include "base/utf8.h"
 #include "fs/creds.h"
 #include "fs/fsop.h"
+#include "fs/tar.h"
 #include "fs/xfer.h"
 #include "http/http.h"
 #include "rpc/router.h"
@@ -56,23 +62,32 @@
 
 /* Upload bytes waiting for the worker at which reading from the client pauses: one step's
  * worth, so the worker has the next piece ready while it writes the current one. */
-#define FILES_PAUSE_AT        XFER_CHUNK
+#define FILES_PAUSE_AT            XFER_CHUNK
 /* Upload bytes that may wait for the worker at all. After a pause the connection still hands
  * over what its input buffer holds (LIMIT_INPUT_BUFFER + LIMIT_READ_CHUNK), so this is only
  * a guard: past it the request fails rather than grow without bound. */
-#define FILES_PENDING_MAX     (4 * 1024 * 1024)
+#define FILES_PENDING_MAX         (4 * 1024 * 1024)
 /* gzip level of downloads: the fastest. A sandbox's CPU is scarcer than its bandwidth, and
  * level 1 keeps most of the gain of Go's default level 6 on text. */
-#define FILES_GZIP_LEVEL      1
+#define FILES_GZIP_LEVEL          1
 /* File bytes one gzip step may compress before it hands back whatever output it has: a very
  * compressible file still streams, and a cancelled download stops soon. */
-#define FILES_GZIP_STEP_INPUT (4 * XFER_CHUNK)
+#define FILES_GZIP_STEP_INPUT     (4 * XFER_CHUNK)
 /* gzip header and window bits for zlib (15-bit window, +16: gzip wrapper). */
-#define FILES_GZIP_WBITS      (15 + 16)
+#define FILES_GZIP_WBITS          (15 + 16)
 /* Room for one error message; paths are limited to PATH_MAX_BYTES, so long ones are cut. */
-#define FILES_MESSAGE_MAX     (2 * PATH_MAX_BYTES + 256)
+#define FILES_MESSAGE_MAX         (2 * PATH_MAX_BYTES + 256)
 /* How envd lists its supported encodings in error texts (Go's %v of []string{"gzip"}). */
-#define FILES_ENCODINGS       "[gzip]"
+#define FILES_ENCODINGS           "[gzip]"
+/* POST /files/compose: sources one request may concatenate (each is a file opened, copied and
+ * deleted in one threadpool job), the infix of its temporary file next to the destination
+ * (envd's "<dest>.e2b-compose.<uuid>.tmp") and the mode of a new destination (before umask). */
+#define FILES_COMPOSE_MAX_SOURCES 1000
+#define FILES_COMPOSE_TMP_INFIX   ".e2b-compose."
+#define FILES_COMPOSE_MODE        0644
+/* A tar upload writes each file under this name (+ 16 hex digits) next to its final one. */
+/* Directory levels a tar download descends; deeper directories are sent without content. */
+#define FILES_TAR_MAX_DEPTH       128
 
 /* --- common ----------------------------------------------------------------------------------- */
 
@@ -751,11 +766,366 @@ static void files_download(struct http_req *req, const struct agent_state *st,
         dl_free(dl);
 }
 
+/* --- GET /files?archive=tar (guestd's) ----------------------------------------------------------
+ */
+
+/*
+ * The directory tree at `path` as a POSIX tar, walked as the user: regular files, directories
+ * and symlinks (as symlinks; nothing is followed below the top), other types skipped, as are
+ * entries the user cannot read. Each worker step produces about XFER_CHUNK bytes of archive;
+ * the loop sends them as one chunk and, past LIMIT_WRITE_HIGH_WATER of queued output, waits
+ * for the connection to drain before the next step.
+ */
+struct tardl_dir {
+    DIR *d;
+    size_t rel_len; /* length of `rel` to restore when the directory is done */
+};
+
+struct tardl {
+    struct http_req *req; /* NULL once answered or abandoned */
+    uv_work_t work;
+    bool busy;
+    bool opened;
+    bool waiting;
+    bool finished;
+    bool head;
+    atomic_bool cancel;
+    struct files_user user;
+    char *path;
+    int status;
+    char message[FILES_MESSAGE_MAX];
+    /* Walk state (worker). */
+    struct tardl_dir stack[FILES_TAR_MAX_DEPTH];
+    size_t depth;
+    struct buf rel; /* relative name of the current directory */
+    int fd;         /* file whose content is being sent, -1 if none */
+    uint64_t remaining;
+    uint64_t size;
+    struct buf out; /* one step's output */
+    size_t skipped;
+};
+
+static void td_free(struct tardl *td)
+{
+    for (size_t i = 0; i < td->depth; i++)
+        (void) closedir(td->stack[i].d);
+    (void) safe_close(td->fd);
+    buf_free(&td->rel);
+    buf_free(&td->out);
+    free(td->user.name);
+    free(td->path);
+    free(td);
+}
+
+static struct http_req *td_detach(struct tardl *td)
+{
+    struct http_req *req = td->req;
+    td->req = NULL;
+    if (req)
+        req->data = NULL;
+    return req;
+}
+
+static void td_fail(struct tardl *td, int status, const char *fmt, ...) _printf_(3, 4);
+static void td_fail(struct tardl *td, int status, const char *fmt, ...)
+{
+    va_list ap;
+    td->status = status;
+    va_start(ap, fmt);
+    (void) vsnprintf(td->message, sizeof(td->message), fmt, ap);
+    va_end(ap);
+}
+
+static bool td_push(struct tardl *td, int fd, size_t restore_len)
+{
+    DIR *d = fdopendir(fd);
+    if (!d) {
+        (void) close(fd);
+        return false;
+    }
+    td->stack[td->depth].d = d;
+    td->stack[td->depth].rel_len = restore_len;
+    td->depth++;
+    return true;
+}
+
+static void td_open_step(struct tardl *td)
+{
+    char why[128];
+    int fd = open(td->path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) {
+        int r = -errno;
+        go_strerror(r, why, sizeof(why));
+        if (r == -ENOENT)
+            td_fail(td, 404, "path '%s' does not exist", td->path);
+        else if (r == -ENOTDIR)
+            td_fail(td, 400, "path '%s' is not a directory", td->path);
+        else if (r == -EACCES || r == -EPERM)
+            td_fail(td, 403, "%s: open '%s'", why, td->path);
+        else
+            td_fail(td, 500, "error opening directory: open '%s': %s", td->path, why);
+        return;
+    }
+    if (!td_push(td, fd, 0))
+        td_fail(td, 500, "error opening directory '%s'", td->path);
+}
+
+/* Appends the next entry's header (and opens its content); false when the walk is over. */
+static bool td_next_entry(struct tardl *td)
+{
+    while (td->depth > 0) {
+        struct tardl_dir *top = &td->stack[td->depth - 1];
+        errno = 0;
+        struct dirent *de = readdir(top->d);
+        if (!de) {
+            (void) closedir(top->d);
+            td->depth--;
+            td->rel.len = top->rel_len;
+            continue;
+        }
+        if (streq(de->d_name, ".") || streq(de->d_name, ".."))
+            continue;
+        int dfd = dirfd(top->d);
+        size_t base = td->rel.len;
+        if ((base > 0 && buf_append_char(&td->rel, '/') < 0) ||
+            buf_append_str(&td->rel, de->d_name) < 0 || buf_append_char(&td->rel, '\0') < 0) {
+            td->rel.len = base;
+            td->skipped++;
+            continue;
+        }
+        td->rel.len--; /* keep the NUL out of the length */
+        const char *name = td->rel.data;
+        struct stat st;
+        struct tar_entry e = {.name = name};
+        char link[PATH_MAX_BYTES + 1];
+        int fd = -1;
+        bool ok = fstatat(dfd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0;
+        if (ok && S_ISDIR(st.st_mode)) {
+            e.type = TAR_DIR;
+        } else if (ok && S_ISLNK(st.st_mode)) {
+            ssize_t n = readlinkat(dfd, de->d_name, link, sizeof(link) - 1);
+            ok = n > 0;
+            if (ok)
+                link[n] = '\0';
+            e.type = TAR_SYMLINK;
+            e.linkname = link;
+        } else if (ok && S_ISREG(st.st_mode)) {
+            fd = openat(dfd, de->d_name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+            ok = fd >= 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+            e.type = TAR_FILE;
+            e.size = (uint64_t) st.st_size;
+        } else {
+            ok = false; /* sockets, FIFOs, devices */
+        }
+        e.mode = st.st_mode & 07777;
+        e.mtime = st.st_mtim.tv_sec;
+        if (ok && tar_header(&td->out, &e) < 0)
+            ok = false;
+        if (!ok) {
+            (void) safe_close(fd);
+            td->skipped++;
+            td->rel.len = base;
+            continue;
+        }
+        if (e.type == TAR_FILE) {
+            td->fd = fd;
+            td->remaining = td->size = e.size;
+        }
+        if (e.type == TAR_DIR && td->depth < FILES_TAR_MAX_DEPTH) {
+            int sub = openat(dfd, de->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+            if (sub >= 0 && td_push(td, sub, base))
+                return true; /* rel stays: the new directory's name */
+            td->skipped++;
+        } else if (e.type == TAR_DIR) {
+            td->skipped++;
+        }
+        td->rel.len = base;
+        return true;
+    }
+    return false;
+}
+
+/* Produces about XFER_CHUNK bytes of archive into td->out. */
+static void td_read_step(struct tardl *td)
+{
+    buf_reset(&td->out);
+    while (td->out.len < XFER_CHUNK && !td->finished) {
+        if (atomic_load(&td->cancel))
+            return;
+        if (td->fd >= 0) {
+            size_t want = (size_t) MIN(td->remaining, (uint64_t) (XFER_CHUNK - td->out.len));
+            if (want > 0) {
+                if (buf_reserve(&td->out, want) < 0)
+                    return;
+                ssize_t n = read(td->fd, td->out.data + td->out.len, want);
+                if (n < 0 && errno == EINTR)
+                    continue;
+                if (n <= 0) {
+                    /* The file shrank or cannot be read: zeros keep the archive well-formed. */
+                    memset(td->out.data + td->out.len, 0, want);
+                    n = (ssize_t) want;
+                    if (!td->skipped++)
+                        log_warn("tar of '%s': a file shrank or failed while read", td->path);
+                }
+                buf_commit(&td->out, (size_t) n);
+                td->remaining -= (uint64_t) n;
+                continue;
+            }
+            char zero[TAR_BLOCK] = {0};
+            (void) buf_append(&td->out, zero, tar_padding(td->size));
+            td->fd = safe_close(td->fd);
+            continue;
+        }
+        if (!td_next_entry(td)) {
+            (void) tar_end(&td->out);
+            td->finished = true;
+        }
+    }
+}
+
+static void td_work(uv_work_t *w)
+{
+    struct tardl *td = container_of(w, struct tardl, work);
+    struct creds_saved saved;
+    int r = user_enter(&td->user, &saved);
+    if (r < 0) {
+        td_fail(td, 500, "cannot act as user '%s': %s", td->user.name, strerror(-r));
+        return;
+    }
+    if (!td->opened)
+        td_open_step(td);
+    else
+        td_read_step(td);
+    creds_leave(&saved);
+}
+
+static void td_work_done(uv_work_t *w, int status);
+
+static void td_pump(struct tardl *td)
+{
+    if (!td->req) {
+        td_free(td);
+        return;
+    }
+    if (td->finished && td->out.len == 0) {
+        (void) http_resp_finish(td_detach(td));
+        td_free(td);
+        return;
+    }
+    if (http_req_write_queued(td->req) > LIMIT_WRITE_HIGH_WATER) {
+        td->waiting = true;
+        return;
+    }
+    td->busy = true;
+    int r = uv_queue_work(http_req_loop(td->req), &td->work, td_work, td_work_done);
+    if (r < 0) {
+        td->busy = false;
+        struct http_req *req = td_detach(td);
+        if (!http_resp_started(req)) {
+            rest_errorf(req, 500, "cannot queue the file operation: %s", uv_strerror(r));
+        } else {
+            req->keep_alive = false;
+            (void) http_resp_finish(req);
+        }
+        td_free(td);
+    }
+}
+
+static void td_work_done(uv_work_t *w, int status)
+{
+    struct tardl *td = container_of(w, struct tardl, work);
+    td->busy = false;
+    if (status == UV_ECANCELED && td->req)
+        td_fail(td, 503, "guestd is shutting down");
+    if (td->req && !td->opened) {
+        td->opened = true;
+        if (td->status) {
+            router_rest_error(td_detach(td), td->status, td->message);
+        } else {
+            char *cd = xfer_content_disposition("attachment", "archive.tar");
+            http_resp_header(td->req, "Content-Type", "application/x-tar");
+            http_resp_header(td->req, "Content-Disposition", cd);
+            free(cd);
+            (void) http_resp_start(td->req, 200, -1);
+            if (td->head && td->req) {
+                (void) http_resp_finish(td_detach(td));
+            }
+        }
+    } else if (td->req && td->status) {
+        struct http_req *req = td_detach(td);
+        req->keep_alive = false;
+        (void) http_resp_finish(req);
+    } else if (td->req && td->out.len > 0) {
+        (void) http_resp_write(td->req, td->out.data, td->out.len);
+        buf_reset(&td->out);
+    }
+    td_pump(td);
+}
+
+static void td_on_drain(struct http_req *req)
+{
+    struct tardl *td = req->data;
+    if (!td || !td->waiting || td->busy)
+        return;
+    td->waiting = false;
+    td_pump(td);
+}
+
+static void td_on_abort(struct http_req *req)
+{
+    struct tardl *td = req->data;
+    if (!td)
+        return;
+    td->req = NULL;
+    req->data = NULL;
+    atomic_store(&td->cancel, true);
+    if (!td->busy)
+        td_free(td);
+}
+
+static const struct http_req_ops td_ops = {
+        .on_drain = td_on_drain,
+        .on_abort = td_on_abort,
+};
+
+static void files_tar_download(struct http_req *req, const struct agent_state *st,
+                               const struct files_params *p)
+{
+    struct user_info u = {0};
+    char err[FILES_MESSAGE_MAX];
+    char *resolved = NULL;
+    if (lookup_user(req, st, p->username, &u) < 0)
+        return;
+    if (resolve_path(st->default_workdir, u.home, u.name, p->path, &resolved, err, sizeof(err)) <
+        0) {
+        rest_errorf(req, 400, "error expanding and resolving path '%s': %s", p->path ? p->path : "",
+                    err);
+        user_info_done(&u);
+        return;
+    }
+    struct tardl *td = xcalloc(1, sizeof(*td));
+    td->req = req;
+    td->fd = -1;
+    td->head = req->method == HMETHOD_HEAD;
+    atomic_init(&td->cancel, false);
+    td->user.uid = u.uid;
+    td->user.gid = u.gid;
+    td->user.name = xstrdup(u.name);
+    td->path = resolved;
+    buf_init(&td->rel, PATH_MAX_BYTES + 256);
+    buf_init(&td->out, 2 * XFER_CHUNK + 64 * 1024);
+    user_info_done(&u);
+    req->data = td;
+    http_req_set_ops(req, &td_ops, 0);
+    td_pump(td);
+}
+
 /* --- POST /files ------------------------------------------------------------------------------ */
 
 enum ul_kind {
     UL_RAW = 0,   /* application/octet-stream: the body is the file */
     UL_MULTIPART, /* multipart/form-data: every part named "file" is a file */
+    UL_TAR,       /* application/x-tar: unpacked under the target directory (guestd's) */
 };
 
 enum ul_job {
@@ -815,10 +1185,24 @@ struct upload {
     bool xattr_unsupported;
     int status; /* an error to answer, with message */
     char message[FILES_MESSAGE_MAX];
+    /* UL_TAR (raw_target is the directory). */
+    struct tar_reader *tar;
+    int tar_root;   /* the target directory, -1 before it is open */
+    int tar_dir;    /* the directory of the entry being made, -1 if none */
+    int tar_fd;     /* the file being written under its temporary name, -1 if none */
+    char *tar_tmp;  /* that temporary name in tar_dir */
+    char *tar_name; /* its final name in tar_dir */
+    uint32_t tar_mode;
 };
 
 static void ul_free(struct upload *ul)
 {
+    (void) tar_reader_free(ul->tar);
+    (void) safe_close(ul->tar_root);
+    (void) safe_close(ul->tar_dir);
+    (void) safe_close(ul->tar_fd);
+    free(ul->tar_tmp);
+    free(ul->tar_name);
     xfer_writer_abort(ul->w);
     (void) xfer_mp_free(ul->mp);
     if (ul->z_ready)
@@ -1134,6 +1518,199 @@ static const struct xfer_mp_ops mp_ops = {
         .on_part_end = mp_on_end,
 };
 
+/* --- POST /files with a tar body (guestd's) ----------------------------------------------------
+ */
+
+/*
+ * The archive unpacks under the target directory as the user. Every entry's parents are walked
+ * one component at a time with O_NOFOLLOW from the target, so an entry can never reach through
+ * a symlink (one the archive made or one already there) or outside the target. A file is
+ * written under a temporary name and renamed into place when complete: a failure leaves no
+ * partial file under a final name.
+ */
+static int tx_fail(struct upload *ul, int status, int r, const char *what, const char *name)
+{
+    char why[128];
+    go_strerror(r, why, sizeof(why));
+    if (is_permission(r))
+        status = 403;
+    else if (is_no_space(r))
+        status = 507;
+    ul_fail(ul, status, "error unpacking archive: %s '%s': %s", what, name, why);
+    return -ECANCELED;
+}
+
+/* The directory holding `name` (cleaned, relative), parents created as needed; `ret_last` gets
+ * the final component. Returns an fd or -ECANCELED after failing the upload. */
+static int tx_parent(struct upload *ul, const char *name, const char **ret_last)
+{
+    _cleanup_close_ int cur = fcntl(ul->tar_root, F_DUPFD_CLOEXEC, 3);
+    if (cur < 0)
+        return tx_fail(ul, 500, -errno, "dup", name);
+    const char *p = name;
+    for (const char *slash; (slash = strchr(p, '/'));) {
+        _cleanup_free_ char *comp = xstrndup(p, (size_t) (slash - p));
+        int fd = openat(cur, comp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0 && errno == ENOENT) {
+            if (mkdirat(cur, comp, 0755) < 0 && errno != EEXIST)
+                return tx_fail(ul, 500, -errno, "mkdir", name);
+            fd = openat(cur, comp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        }
+        if (fd < 0 && (errno == ELOOP || errno == ENOTDIR)) {
+            ul_fail(ul, 400, "error unpacking archive: '%s' goes through a symlink or a file",
+                    name);
+            return -ECANCELED;
+        }
+        if (fd < 0)
+            return tx_fail(ul, 500, -errno, "open", name);
+        (void) safe_close(cur);
+        cur = fd;
+        p = slash + 1;
+    }
+    *ret_last = p;
+    return TAKE_FD(cur);
+}
+
+/* Makes room for a non-directory at `last`: refuses a directory there, removes anything else. */
+static int tx_clear(struct upload *ul, int dir, const char *last, const char *name)
+{
+    struct stat st;
+    if (fstatat(dir, last, &st, AT_SYMLINK_NOFOLLOW) < 0)
+        return errno == ENOENT ? 0 : tx_fail(ul, 500, -errno, "stat", name);
+    if (S_ISDIR(st.st_mode)) {
+        ul_fail(ul, 400, "error unpacking archive: '%s' is a directory", name);
+        return -ECANCELED;
+    }
+    if (S_ISLNK(st.st_mode) && unlinkat(dir, last, 0) < 0)
+        return tx_fail(ul, 500, -errno, "unlink", name);
+    return 0;
+}
+
+static void tx_close_file(struct upload *ul, bool keep)
+{
+    if (ul->tar_fd >= 0) {
+        ul->tar_fd = safe_close(ul->tar_fd);
+        if (!keep)
+            (void) unlinkat(ul->tar_dir, ul->tar_tmp, 0);
+    }
+    ul->tar_dir = safe_close(ul->tar_dir);
+    free(ul->tar_tmp);
+    free(ul->tar_name);
+    ul->tar_tmp = ul->tar_name = NULL;
+}
+
+static int tx_on_entry(void *userdata, const struct tar_entry *e)
+{
+    struct upload *ul = userdata;
+    const char *last = NULL;
+    int dir = tx_parent(ul, e->name, &last);
+    if (dir < 0)
+        return dir;
+    ul->tar_dir = dir;
+    if (e->type == TAR_DIR) {
+        struct stat st;
+        if (mkdirat(dir, last, (e->mode & 07777) | 0700) < 0) {
+            if (errno != EEXIST)
+                return tx_fail(ul, 500, -errno, "mkdir", e->name);
+            if (fstatat(dir, last, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISDIR(st.st_mode)) {
+                ul_fail(ul, 400, "error unpacking archive: '%s' exists and is not a directory",
+                        e->name);
+                return -ECANCELED;
+            }
+        }
+        return 0;
+    }
+    int r = tx_clear(ul, dir, last, e->name);
+    if (r < 0)
+        return r;
+    if (e->type == TAR_SYMLINK) {
+        if (symlinkat(e->linkname, dir, last) < 0)
+            return tx_fail(ul, 500, -errno, "symlink", e->name);
+        return 0;
+    }
+    uint8_t rnd[8];
+    if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t) sizeof(rnd))
+        return tx_fail(ul, 500, -errno, "getrandom", e->name);
+    ul->tar_tmp = xmalloc(64);
+    (void) snprintf(ul->tar_tmp, 64, "%s%02x%02x%02x%02x%02x%02x%02x%02x", XFER_TAR_TMP_PREFIX,
+                    rnd[0], rnd[1], rnd[2], rnd[3], rnd[4], rnd[5], rnd[6], rnd[7]);
+    ul->tar_name = xstrdup(last);
+    ul->tar_mode = e->mode & 07777;
+    ul->tar_fd =
+            openat(dir, ul->tar_tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (ul->tar_fd < 0)
+        return tx_fail(ul, 500, -errno, "open", e->name);
+    return 0;
+}
+
+static int tx_on_data(void *userdata, const char *data, size_t len)
+{
+    struct upload *ul = userdata;
+    while (len > 0) {
+        ssize_t n = write(ul->tar_fd, data, len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return tx_fail(ul, 500, -errno, "write", ul->tar_name);
+        data += n;
+        len -= (size_t) n;
+    }
+    return 0;
+}
+
+static int tx_on_entry_end(void *userdata)
+{
+    struct upload *ul = userdata;
+    if (ul->tar_fd >= 0) {
+        if (fchmod(ul->tar_fd, ul->tar_mode) < 0)
+            return tx_fail(ul, 500, -errno, "chmod", ul->tar_name);
+        if (ul->durable && fsync(ul->tar_fd) < 0)
+            return tx_fail(ul, 500, -errno, "fsync", ul->tar_name);
+        if (renameat(ul->tar_dir, ul->tar_tmp, ul->tar_dir, ul->tar_name) < 0)
+            return tx_fail(ul, 500, -errno, "rename", ul->tar_name);
+    }
+    tx_close_file(ul, true);
+    return 0;
+}
+
+static const struct tar_reader_ops tx_ops = {
+        .on_entry = tx_on_entry,
+        .on_data = tx_on_data,
+        .on_entry_end = tx_on_entry_end,
+};
+
+/* Worker: the target directory (created if missing) and the reader. */
+static bool tx_begin(struct upload *ul)
+{
+    struct fsop_err e = {0};
+    int r = fsop_mkdir_p(ul->raw_target, ul->user.uid, ul->user.gid, &e);
+    if (r < 0) {
+        ul_fail_ensure(ul, r, &e);
+        fsop_err_done(&e);
+        return false;
+    }
+    ul->tar_root = open(ul->raw_target, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (ul->tar_root < 0) {
+        tx_fail(ul, 500, -errno, "open", ul->raw_target);
+        return false;
+    }
+    (void) tar_reader_new(&tx_ops, ul, &ul->tar);
+    return true;
+}
+
+static void tx_feed(struct upload *ul, const char *data, size_t len)
+{
+    int r = tar_reader_feed(ul->tar, data, len);
+    if (r < 0 && !ul->status)
+        ul_fail(ul, 400, "invalid tar archive: %s", tar_reader_error(ul->tar));
+}
+
+static void tx_finish(struct upload *ul)
+{
+    if (tar_reader_finish(ul->tar) < 0 && !ul->status)
+        ul_fail(ul, 400, "invalid tar archive: %s", tar_reader_error(ul->tar));
+}
+
 /* Worker: decoded body bytes to the file or the multipart parser. */
 static void ul_sink(struct upload *ul, const char *data, size_t len)
 {
@@ -1141,6 +1718,10 @@ static void ul_sink(struct upload *ul, const char *data, size_t len)
         return;
     if (ul->kind == UL_RAW) {
         (void) ul_write(ul, data, len);
+        return;
+    }
+    if (ul->kind == UL_TAR) {
+        tx_feed(ul, data, len);
         return;
     }
     int r = xfer_mp_feed(ul->mp, data, len);
@@ -1183,6 +1764,8 @@ static bool ul_begin(struct upload *ul)
     ul->started = true;
     if (ul->kind == UL_RAW)
         return ul_open_file(ul, ul->raw_target);
+    if (ul->kind == UL_TAR)
+        return tx_begin(ul);
     return true;
 }
 
@@ -1212,6 +1795,10 @@ static void ul_finish(struct upload *ul)
     }
     if (ul->kind == UL_RAW) {
         (void) ul_commit(ul);
+        return;
+    }
+    if (ul->kind == UL_TAR) {
+        tx_finish(ul);
         return;
     }
     if (xfer_mp_finish(ul->mp) < 0 && !ul->status) {
@@ -1247,6 +1834,7 @@ static void ul_work(uv_work_t *w)
     if (ul->status || ul->job == UL_JOB_CLEANUP) {
         xfer_writer_abort(ul->w);
         ul->w = NULL;
+        tx_close_file(ul, false);
     }
     /* Always, whatever the step did: this thread serves other jobs next. */
     creds_leave(&saved);
@@ -1310,6 +1898,16 @@ static void ul_answer_ok(struct upload *ul)
     struct buf b;
     char etag[XFER_HASH_TEXT_LEN + 4];
     buf_init(&b, SIZE_MAX);
+    if (ul->kind == UL_TAR) {
+        (void) buf_append_str(&b, "[{\"name\":");
+        json_str(&b, base_name(ul->raw_target));
+        (void) buf_append_str(&b, ",\"path\":");
+        json_str(&b, ul->raw_target);
+        (void) buf_append_str(&b, ",\"type\":\"dir\"}]");
+        (void) http_resp_simple(ul_detach(ul), 200, "application/json", b.data, b.len);
+        buf_free(&b);
+        return;
+    }
     (void) buf_append_char(&b, '[');
     for (size_t i = 0; i < ul->n_results; i++) {
         const struct ul_result *res = &ul->results[i];
@@ -1365,7 +1963,7 @@ static void ul_queue(struct upload *ul, enum ul_job job)
 static void ul_pump(struct upload *ul)
 {
     if (!ul->req) {
-        if (ul->w) {
+        if (ul->w || ul->tar_fd >= 0) {
             ul_queue(ul, UL_JOB_CLEANUP);
             if (ul->busy)
                 return;
@@ -1527,6 +2125,7 @@ static void files_upload(struct http_req *req, const struct agent_state *st,
     }
 
     ul = xcalloc(1, sizeof(*ul));
+    ul->tar_root = ul->tar_dir = ul->tar_fd = -1;
     ul->loop = http_req_loop(req);
     ul->content_length = -1;
     buf_init(&ul->pending, FILES_PENDING_MAX);
@@ -1539,6 +2138,17 @@ static void files_upload(struct http_req *req, const struct agent_state *st,
         ul->kind = UL_RAW;
         if (!p->path) {
             router_rest_error(req, 400, "path query parameter is required for raw body upload");
+            goto out;
+        }
+        if (resolve_path(st->default_workdir, u.home, u.name, p->path, &ul->raw_target, err,
+                         sizeof(err)) < 0) {
+            rest_errorf(req, 400, "error resolving path: %s", err);
+            goto out;
+        }
+    } else if (ctype && streq(ctype, "application/x-tar")) {
+        ul->kind = UL_TAR;
+        if (!p->path) {
+            router_rest_error(req, 400, "path query parameter is required for a tar upload");
             goto out;
         }
         if (resolve_path(st->default_workdir, u.home, u.name, p->path, &ul->raw_target, err,
@@ -1620,6 +2230,374 @@ out:
         user_info_done(&u);
 }
 
+/* --- POST /files/compose ---------------------------------------------------------------------- */
+
+/*
+ * envd's compose (protocol-envd.md §4.7): the sources, regular files, are concatenated in order
+ * into a temporary file next to the destination, which is renamed over it; then the sources
+ * are deleted. Everything runs as the user in one threadpool job.
+ */
+struct compose {
+    struct http_req *req; /* NULL once abandoned */
+    uv_work_t work;
+    bool queued; /* the job owns the compose from here on */
+    const struct agent_state *st;
+    struct files_user user;
+    char **sources; /* resolved */
+    size_t n_sources;
+    char *dest; /* resolved */
+    int status;
+    char message[FILES_MESSAGE_MAX];
+    char *buf; /* XFER_CHUNK */
+};
+
+static void cp_free(struct compose *cp)
+{
+    if (!cp)
+        return;
+    for (size_t i = 0; i < cp->n_sources; i++)
+        free(cp->sources[i]);
+    free(cp->sources);
+    free(cp->dest);
+    free(cp->user.name);
+    free(cp->buf);
+    free(cp);
+}
+
+static bool cp_fail(struct compose *cp, int status, const char *fmt, ...) _printf_(3, 4);
+static bool cp_fail(struct compose *cp, int status, const char *fmt, ...)
+{
+    va_list ap;
+    if (cp->status)
+        return false;
+    cp->status = status;
+    va_start(ap, fmt);
+    (void) vsnprintf(cp->message, sizeof(cp->message), fmt, ap);
+    va_end(ap);
+    return false;
+}
+
+/* A system call's failure on `path`: 403 for permissions, 507 for a full file system, else 500. */
+static bool cp_fail_errno(struct compose *cp, int r, const char *op, const char *path)
+{
+    char why[128];
+    go_strerror(r, why, sizeof(why));
+    if (is_permission(r))
+        return cp_fail(cp, 403, "%s: %s '%s'", why, op, path);
+    if (is_no_space(r))
+        return cp_fail(cp, 507, "not enough disk space available: %s '%s': %s", op, path, why);
+    return cp_fail(cp, 500, "error composing file: %s '%s': %s", op, path, why);
+}
+
+/* Appends all of `sfd` to `tfd`: copy_file_range (reflinks where the file system can), or
+ * read and write where it cannot. */
+static int cp_copy(struct compose *cp, int sfd, int tfd, bool *ret_read_failed)
+{
+    bool plain = false;
+    *ret_read_failed = false;
+    for (;;) {
+        if (!plain) {
+            ssize_t n = copy_file_range(sfd, NULL, tfd, NULL, 16 * XFER_CHUNK, 0);
+            if (n > 0)
+                continue;
+            if (n == 0)
+                return 0;
+            if (errno == EINTR)
+                continue;
+            if (errno != EXDEV && errno != EINVAL && errno != ENOSYS && errno != EOPNOTSUPP &&
+                errno != EBADF)
+                return -errno; /* cannot tell which side failed: reported as a write */
+            plain = true;
+        }
+        ssize_t n = read(sfd, cp->buf, XFER_CHUNK);
+        if (n == 0)
+            return 0;
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            *ret_read_failed = true;
+            return -errno;
+        }
+        for (ssize_t off = 0; off < n;) {
+            ssize_t k = write(tfd, cp->buf + off, (size_t) (n - off));
+            if (k < 0 && errno != EINTR)
+                return -errno;
+            if (k > 0)
+                off += k;
+        }
+    }
+}
+
+/* Worker, as the user. */
+static void cp_run(struct compose *cp)
+{
+    struct stat dst;
+    bool dest_exists;
+    struct fsop_err e = {0};
+
+    if (stat(cp->dest, &dst) == 0) {
+        dest_exists = true;
+        if (S_ISDIR(dst.st_mode)) {
+            cp_fail(cp, 400, "destination is a directory: '%s'", cp->dest);
+            return;
+        }
+    } else if (errno == ENOENT) {
+        dest_exists = false;
+    } else {
+        cp_fail_errno(cp, -errno, "stat", cp->dest);
+        return;
+    }
+    for (size_t i = 0; i < cp->n_sources; i++) {
+        struct stat s;
+        if (stat(cp->sources[i], &s) < 0) {
+            if (errno == ENOENT || errno == ENOTDIR)
+                cp_fail(cp, 404, "source file not found: '%s'", cp->sources[i]);
+            else
+                cp_fail_errno(cp, -errno, "stat", cp->sources[i]);
+            return;
+        }
+        if (!S_ISREG(s.st_mode)) {
+            cp_fail(cp, 400, "source path is not a regular file: '%s'", cp->sources[i]);
+            return;
+        }
+        /* Deleting the source afterwards would delete the result. */
+        if (dest_exists && s.st_dev == dst.st_dev && s.st_ino == dst.st_ino) {
+            cp_fail(cp, 400, "destination '%s' is the same file as source '%s'", cp->dest,
+                    cp->sources[i]);
+            return;
+        }
+    }
+
+    const char *slash = strrchr(cp->dest, '/');
+    _cleanup_free_ char *dir = slash && slash != cp->dest
+                                       ? xstrndup(cp->dest, (size_t) (slash - cp->dest))
+                                       : xstrdup("/");
+    int r = fsop_mkdir_p(dir, cp->user.uid, cp->user.gid, &e);
+    if (r < 0) {
+        cp_fail_errno(cp, r, e.op ? e.op : "mkdir", e.path ? e.path : dir);
+        fsop_err_done(&e);
+        return;
+    }
+
+    uint8_t rnd[16];
+    char hex[2 * sizeof(rnd) + 1];
+    if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t) sizeof(rnd)) {
+        cp_fail_errno(cp, -errno, "getrandom", cp->dest);
+        return;
+    }
+    for (size_t i = 0; i < sizeof(rnd); i++)
+        (void) snprintf(hex + 2 * i, 3, "%02x", rnd[i]);
+    _cleanup_free_ char *tmp = NULL;
+    if (asprintf(&tmp, "%s" FILES_COMPOSE_TMP_INFIX "%s.tmp", cp->dest, hex) < 0)
+        abort();
+    _cleanup_close_ int tfd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                                   dest_exists ? (dst.st_mode & 07777) : FILES_COMPOSE_MODE);
+    if (tfd < 0) {
+        cp_fail_errno(cp, -errno, "open", tmp);
+        return;
+    }
+    for (size_t i = 0; i < cp->n_sources && !cp->status; i++) {
+        _cleanup_close_ int sfd =
+                open(cp->sources[i], O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+        struct stat s;
+        bool read_failed;
+        if (sfd < 0) {
+            if (errno == ENOENT)
+                cp_fail(cp, 404, "source file not found: '%s'", cp->sources[i]);
+            else
+                cp_fail_errno(cp, -errno, "open", cp->sources[i]);
+        } else if (fstat(sfd, &s) < 0) {
+            cp_fail_errno(cp, -errno, "stat", cp->sources[i]);
+        } else if (!S_ISREG(s.st_mode)) {
+            cp_fail(cp, 400, "source path is not a regular file: '%s'", cp->sources[i]);
+        } else if ((r = cp_copy(cp, sfd, tfd, &read_failed)) < 0) {
+            cp_fail_errno(cp, r, read_failed ? "read" : "write",
+                          read_failed ? cp->sources[i] : tmp);
+        }
+    }
+    if (!cp->status && dest_exists)
+        (void) fchmod(tfd, dst.st_mode & 07777); /* the umask may have taken bits away */
+    if (!cp->status) {
+        int fd = TAKE_FD(tfd);
+        if (close(fd) < 0 && errno != EINTR)
+            cp_fail_errno(cp, -errno, "write", tmp);
+    }
+    if (!cp->status && rename(tmp, cp->dest) < 0)
+        cp_fail_errno(cp, -errno, "rename", cp->dest);
+    if (cp->status) {
+        (void) unlink(tmp);
+        return;
+    }
+    for (size_t i = 0; i < cp->n_sources; i++)
+        if (unlink(cp->sources[i]) < 0 && errno != ENOENT)
+            log_warn("compose: cannot delete source '%s', ignoring: %m", cp->sources[i]);
+}
+
+static void cp_work(uv_work_t *w)
+{
+    struct compose *cp = container_of(w, struct compose, work);
+    struct creds_saved saved;
+    int r = user_enter(&cp->user, &saved);
+    if (r < 0) {
+        cp_fail(cp, 500, "cannot act as user '%s': %s", cp->user.name, strerror(-r));
+        return;
+    }
+    cp_run(cp);
+    creds_leave(&saved);
+}
+
+static void cp_work_done(uv_work_t *w, int status)
+{
+    struct compose *cp = container_of(w, struct compose, work);
+    struct http_req *req = cp->req;
+    if (req) {
+        req->data = NULL;
+        if (status == UV_ECANCELED) {
+            router_rest_error(req, 503, "guestd is shutting down");
+        } else if (cp->status) {
+            log_debug("compose failed: %d %s", cp->status, cp->message);
+            router_rest_error(req, cp->status, cp->message);
+        } else {
+            struct buf b;
+            buf_init(&b, SIZE_MAX);
+            (void) buf_append_str(&b, "{\"name\":");
+            json_str(&b, base_name(cp->dest));
+            (void) buf_append_str(&b, ",\"path\":");
+            json_str(&b, cp->dest);
+            (void) buf_append_str(&b, ",\"type\":\"file\"}");
+            (void) http_resp_simple(req, 200, "application/json", b.data, b.len);
+            buf_free(&b);
+        }
+    }
+    cp_free(cp);
+}
+
+static void cp_on_abort(struct http_req *req)
+{
+    struct compose *cp = req->data;
+    req->data = NULL;
+    if (cp && cp->queued)
+        cp->req = NULL; /* the job finishes and frees it */
+    else
+        cp_free(cp);
+}
+
+/* Validates the body and resolves the user and the paths; answers and returns < 0 on error. */
+static int cp_parse(struct http_req *req, struct compose *cp)
+{
+    json_auto_t *root = NULL;
+    json_error_t jerr;
+    char err[FILES_MESSAGE_MAX];
+    struct user_info u = {0};
+    int r;
+
+    root = json_loadb(req->body.data, req->body.len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root || !json_is_object(root)) {
+        rest_errorf(req, 400, "invalid request body: %s", root ? "not a JSON object" : jerr.text);
+        return -EINVAL;
+    }
+    json_t *srcs = json_object_get(root, "source_paths");
+    json_t *dest = json_object_get(root, "destination");
+    json_t *user = json_object_get(root, "username");
+    if (!json_is_array(srcs) || json_array_size(srcs) == 0) {
+        router_rest_error(req, 400, "source_paths must be a non-empty array of paths");
+        return -EINVAL;
+    }
+    if (json_array_size(srcs) > FILES_COMPOSE_MAX_SOURCES) {
+        rest_errorf(req, 400, "too many source paths: at most %d", FILES_COMPOSE_MAX_SOURCES);
+        return -EINVAL;
+    }
+    if (!json_is_string(dest) || json_string_length(dest) == 0 ||
+        strlen(json_string_value(dest)) != json_string_length(dest)) {
+        router_rest_error(req, 400, "destination must be a non-empty path");
+        return -EINVAL;
+    }
+    if (user && !json_is_null(user) &&
+        (!json_is_string(user) || strlen(json_string_value(user)) != json_string_length(user))) {
+        router_rest_error(req, 400, "username must be a string");
+        return -EINVAL;
+    }
+    const char *uname =
+            json_is_string(user) && json_string_length(user) > 0 ? json_string_value(user) : NULL;
+    if (lookup_user(req, cp->st, uname, &u) < 0)
+        return -EACCES;
+    cp->user.uid = u.uid;
+    cp->user.gid = u.gid;
+    cp->user.name = xstrdup(u.name);
+
+    r = resolve_path(cp->st->default_workdir, u.home, u.name, json_string_value(dest), &cp->dest,
+                     err, sizeof(err));
+    if (r < 0) {
+        rest_errorf(req, 400, "error resolving destination: %s", err);
+        goto out;
+    }
+    cp->sources = xcalloc(json_array_size(srcs), sizeof(char *));
+    for (size_t i = 0; i < json_array_size(srcs); i++) {
+        json_t *v = json_array_get(srcs, i);
+        if (!json_is_string(v) || json_string_length(v) == 0 ||
+            strlen(json_string_value(v)) != json_string_length(v)) {
+            router_rest_error(req, 400, "source_paths must hold non-empty paths");
+            r = -EINVAL;
+            goto out;
+        }
+        r = resolve_path(cp->st->default_workdir, u.home, u.name, json_string_value(v),
+                         &cp->sources[i], err, sizeof(err));
+        if (r < 0) {
+            rest_errorf(req, 400, "error resolving source path: %s", err);
+            goto out;
+        }
+        cp->n_sources = i + 1;
+        if (streq(cp->sources[i], cp->dest)) {
+            rest_errorf(req, 400, "destination '%s' is also a source path", cp->dest);
+            r = -EINVAL;
+            goto out;
+        }
+    }
+    r = 0;
+out:
+    user_info_done(&u);
+    return r;
+}
+
+static void cp_on_complete(struct http_req *req)
+{
+    struct compose *cp = req->data;
+    if (!cp)
+        return;
+    if (cp_parse(req, cp) < 0) {
+        req->data = NULL;
+        cp_free(cp);
+        return;
+    }
+    cp->buf = xmalloc(XFER_CHUNK);
+    int r = uv_queue_work(http_req_loop(req), &cp->work, cp_work, cp_work_done);
+    cp->queued = r >= 0;
+    if (r < 0) {
+        req->data = NULL;
+        rest_errorf(req, 500, "cannot queue the file operation: %s", uv_strerror(r));
+        cp_free(cp);
+    }
+}
+
+static const struct http_req_ops cp_ops = {
+        .on_complete = cp_on_complete,
+        .on_abort = cp_on_abort,
+};
+
+void files_compose(struct http_req *req, struct agent_state *st)
+{
+    if (req->method != HMETHOD_POST) {
+        http_resp_header(req, "Allow", "POST");
+        (void) http_resp_simple(req, 405, NULL, NULL, 0);
+        return;
+    }
+    struct compose *cp = xcalloc(1, sizeof(*cp));
+    cp->st = st;
+    cp->req = req;
+    req->data = cp;
+    http_req_set_ops(req, &cp_ops, LIMIT_SMALL_BODY_BYTES);
+}
+
 /* --- entry point ------------------------------------------------------------------------------ */
 
 void files_handle(struct http_req *req, struct agent_state *st, bool trusted)
@@ -1632,9 +2610,19 @@ void files_handle(struct http_req *req, struct agent_state *st, bool trusted)
     }
     if (params_get(req, &p) < 0)
         return;
+    /* guestd's directory download: `archive=tar` (envd clients never send it). */
+    _cleanup_free_ char *archive = NULL;
+    if (req->method != HMETHOD_POST && http_query_get(req->query, "archive", &archive) == 0 &&
+        archive && !streq(archive, "tar")) {
+        rest_errorf(req, 400, "unsupported archive format '%s' (tar)", archive);
+        params_done(&p);
+        return;
+    }
     if (trusted || check_signing(req, &p, req->method == HMETHOD_POST ? "write" : "read")) {
         if (req->method == HMETHOD_POST)
             files_upload(req, st, &p);
+        else if (archive)
+            files_tar_download(req, st, &p);
         else
             files_download(req, st, &p);
     }

@@ -263,6 +263,13 @@ void router_handle(struct http_req *req, void *userdata)
         return;
     }
 
+    /* /files/compose is token-gated above and takes its user from its JSON body. */
+    if (streq(req->path, "/files/compose")) {
+        files_compose(req, st);
+        ctx_free(ctx);
+        return;
+    }
+
     /* /files picks its user from the `username` query parameter, never from Basic auth. */
     if (streq(req->path, "/files")) {
         files_handle(req, st, trusted);

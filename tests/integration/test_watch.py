@@ -279,6 +279,29 @@ def test_sdk_write_sequences_through_files(g, home_dir):
         assert not [n for n, _ in everything if ".guestd-upload-" in n], everything
 
 
+def test_tar_unpack_hides_temporary_names(g, home_dir):
+    """Files unpacked from a tar are written under a temporary name and renamed into place;
+    watchers see each as a new file and never the temporary name."""
+    import io
+    import tarfile
+    rel, base = home_dir
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w", format=tarfile.USTAR_FORMAT) as t:
+        for name in ("t1.txt", "t2.txt"):
+            info = tarfile.TarInfo(name)
+            info.size = 3
+            t.addfile(info, io.BytesIO(b"abc"))
+    with Watch(g, {"path": rel, "recursive": True}) as w:
+        # Into the watched directory itself: each file is renamed into place there.
+        r = request(g, "POST", f"/files?path={base}", data.getvalue(),
+                    {"Content-Type": "application/x-tar"})
+        assert r.status == 200, r
+        evs = pairs(w.until(marker(base)))
+    assert not [n for n, _ in evs if ".guestd-tar-" in n], evs
+    for name in ("t1.txt", "t2.txt"):
+        assert [t for n, t in evs if n == name][:2] == ["CREATE", "WRITE"], evs
+
+
 def test_keepalives(g, home_dir):
     rel, base = home_dir
     with Watch(g, {"path": rel}, headers={"Keepalive-Ping-Interval": "1"}) as w:
