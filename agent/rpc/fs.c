@@ -419,15 +419,7 @@ static void on_work(uv_work_t *w)
 
 /* --- answers (loop thread) -------------------------------------------------------------------- */
 
-/* Protobuf views of one entry; strings point into the fsop_entry, which outlives the reply. */
-struct pb_entry {
-    Filesystem__EntryInfo info;
-    Google__Protobuf__Timestamp mtime;
-    Filesystem__EntryInfo__MetadataEntry *meta;
-    Filesystem__EntryInfo__MetadataEntry **meta_ptrs;
-};
-
-static void pb_entry_fill(struct pb_entry *p, const struct fsop_entry *e)
+void fs_pb_entry_fill(struct fs_pb_entry *p, const struct fsop_entry *e)
 {
     static const Filesystem__FileType types[] = {
             [FSOP_TYPE_UNSPECIFIED] = FILESYSTEM__FILE_TYPE__FILE_TYPE_UNSPECIFIED,
@@ -470,7 +462,7 @@ static void pb_entry_fill(struct pb_entry *p, const struct fsop_entry *e)
     }
 }
 
-static void pb_entry_done(struct pb_entry *p)
+void fs_pb_entry_done(struct fs_pb_entry *p)
 {
     free(p->meta);
     free(p->meta_ptrs);
@@ -478,46 +470,46 @@ static void pb_entry_done(struct pb_entry *p)
 
 static void reply(struct rpc_call *call, struct fs_job *job)
 {
-    struct pb_entry one;
+    struct fs_pb_entry one;
     switch (job->op) {
     case FS_OP_STAT: {
         Filesystem__StatResponse resp = FILESYSTEM__STAT_RESPONSE__INIT;
-        pb_entry_fill(&one, &job->entry);
+        fs_pb_entry_fill(&one, &job->entry);
         resp.entry = &one.info;
         (void) rpc_reply(call, &resp.base);
-        pb_entry_done(&one);
+        fs_pb_entry_done(&one);
         break;
     }
     case FS_OP_MAKE_DIR: {
         Filesystem__MakeDirResponse resp = FILESYSTEM__MAKE_DIR_RESPONSE__INIT;
-        pb_entry_fill(&one, &job->entry);
+        fs_pb_entry_fill(&one, &job->entry);
         resp.entry = &one.info;
         (void) rpc_reply(call, &resp.base);
-        pb_entry_done(&one);
+        fs_pb_entry_done(&one);
         break;
     }
     case FS_OP_MOVE: {
         Filesystem__MoveResponse resp = FILESYSTEM__MOVE_RESPONSE__INIT;
-        pb_entry_fill(&one, &job->entry);
+        fs_pb_entry_fill(&one, &job->entry);
         resp.entry = &one.info;
         (void) rpc_reply(call, &resp.base);
-        pb_entry_done(&one);
+        fs_pb_entry_done(&one);
         break;
     }
     case FS_OP_LIST_DIR: {
         Filesystem__ListDirResponse resp = FILESYSTEM__LIST_DIR_RESPONSE__INIT;
         size_t n = job->list.n;
-        struct pb_entry *all = n ? xcalloc(n, sizeof(*all)) : NULL;
+        struct fs_pb_entry *all = n ? xcalloc(n, sizeof(*all)) : NULL;
         Filesystem__EntryInfo **ptrs = n ? xcalloc(n, sizeof(*ptrs)) : NULL;
         for (size_t i = 0; i < n; i++) {
-            pb_entry_fill(&all[i], &job->list.items[i]);
+            fs_pb_entry_fill(&all[i], &job->list.items[i]);
             ptrs[i] = &all[i].info;
         }
         resp.n_entries = n;
         resp.entries = ptrs;
         (void) rpc_reply(call, &resp.base);
         for (size_t i = 0; i < n; i++)
-            pb_entry_done(&all[i]);
+            fs_pb_entry_done(&all[i]);
         free(all);
         free(ptrs);
         break;

@@ -49,6 +49,7 @@
 #include "fs/watch.h"
 #include "guestd/v1/filesystem.pb-c.h"
 #include "http/http.h"
+#include "rpc/fs.h"
 #include "rpc/router.h"
 #include "sys/state.h"
 
@@ -225,72 +226,13 @@ static void queue_rescan(struct sink *s)
     queue_push(s, it);
 }
 
-/* --- protobuf views of entries (strings point into the fsop_entry) ---------------------------- */
-
-struct pb_entry {
-    Filesystem__EntryInfo info;
-    Google__Protobuf__Timestamp mtime;
-    Filesystem__EntryInfo__MetadataEntry *meta;
-    Filesystem__EntryInfo__MetadataEntry **meta_ptrs;
-};
-
-static void pb_entry_fill(struct pb_entry *p, const struct fsop_entry *e)
-{
-    static const Filesystem__FileType types[] = {
-            [FSOP_TYPE_UNSPECIFIED] = FILESYSTEM__FILE_TYPE__FILE_TYPE_UNSPECIFIED,
-            [FSOP_TYPE_FILE] = FILESYSTEM__FILE_TYPE__FILE_TYPE_FILE,
-            [FSOP_TYPE_DIRECTORY] = FILESYSTEM__FILE_TYPE__FILE_TYPE_DIRECTORY,
-    };
-    Filesystem__EntryInfo *info = &p->info;
-    filesystem__entry_info__init(info);
-    info->name = e->name;
-    info->type = types[e->type];
-    info->path = e->path;
-    info->size = e->size;
-    info->mode = e->mode;
-    info->permissions = (char *) e->permissions;
-    info->owner = e->owner;
-    info->group = e->group;
-    if (e->has_mtime) {
-        google__protobuf__timestamp__init(&p->mtime);
-        p->mtime.seconds = e->mtime_sec;
-        p->mtime.nanos = e->mtime_nsec;
-        info->modified_time = &p->mtime;
-    }
-    if (e->symlink_target) {
-        info->_symlink_target_case = FILESYSTEM__ENTRY_INFO___SYMLINK_TARGET_SYMLINK_TARGET;
-        info->symlink_target = e->symlink_target;
-    }
-    p->meta = NULL;
-    p->meta_ptrs = NULL;
-    if (e->metadata.n > 0) {
-        p->meta = xcalloc(e->metadata.n, sizeof(*p->meta));
-        p->meta_ptrs = xcalloc(e->metadata.n, sizeof(*p->meta_ptrs));
-        for (size_t i = 0; i < e->metadata.n; i++) {
-            filesystem__entry_info__metadata_entry__init(&p->meta[i]);
-            p->meta[i].key = e->metadata.items[i].key;
-            p->meta[i].value = e->metadata.items[i].value;
-            p->meta_ptrs[i] = &p->meta[i];
-        }
-        info->n_metadata = e->metadata.n;
-        info->metadata = p->meta_ptrs;
-    }
-}
-
-static void pb_entry_done(struct pb_entry *p)
-{
-    free(p->meta);
-    free(p->meta_ptrs);
-}
-
-/* The FilesystemEvent of an event item; `pe` holds the entry's view. */
-static void pb_event_fill(Filesystem__FilesystemEvent *ev, struct pb_entry *pe, struct item *it)
+static void pb_event_fill(Filesystem__FilesystemEvent *ev, struct fs_pb_entry *pe, struct item *it)
 {
     filesystem__filesystem_event__init(ev);
     ev->name = it->name;
     ev->type = (Filesystem__EventType) it->type;
     if (it->has_entry) {
-        pb_entry_fill(pe, &it->entry);
+        fs_pb_entry_fill(pe, &it->entry);
         ev->_entry_case = FILESYSTEM__FILESYSTEM_EVENT___ENTRY_ENTRY;
         ev->entry = &pe->info;
     }
@@ -590,7 +532,7 @@ static void fetch_start(struct sink *s)
 static void send_event(struct sink *s, struct item *it)
 {
     Filesystem__FilesystemEvent ev;
-    struct pb_entry pe;
+    struct fs_pb_entry pe;
     pb_event_fill(&ev, &pe, it);
     if (s->kind == SINK_ENVD) {
         Filesystem__WatchDirResponse r = FILESYSTEM__WATCH_DIR_RESPONSE__INIT;
@@ -605,7 +547,7 @@ static void send_event(struct sink *s, struct item *it)
         (void) rpc_send(s->call, &r.base);
     }
     if (it->has_entry)
-        pb_entry_done(&pe);
+        fs_pb_entry_done(&pe);
 }
 
 static void send_rescan(struct sink *s, struct item *it)
@@ -613,10 +555,10 @@ static void send_rescan(struct sink *s, struct item *it)
     Guestd__V1__FsWatchResponse r = GUESTD__V1__FS_WATCH_RESPONSE__INIT;
     Guestd__V1__FsWatchResponse__Rescan rs = GUESTD__V1__FS_WATCH_RESPONSE__RESCAN__INIT;
     size_t n = it->list.n;
-    struct pb_entry *all = n ? xcalloc(n, sizeof(*all)) : NULL;
+    struct fs_pb_entry *all = n ? xcalloc(n, sizeof(*all)) : NULL;
     Filesystem__EntryInfo **ptrs = n ? xcalloc(n, sizeof(*ptrs)) : NULL;
     for (size_t i = 0; i < n; i++) {
-        pb_entry_fill(&all[i], &it->list.items[i]);
+        fs_pb_entry_fill(&all[i], &it->list.items[i]);
         ptrs[i] = &all[i].info;
     }
     rs.n_entries = n;
@@ -628,7 +570,7 @@ static void send_rescan(struct sink *s, struct item *it)
     if (rc < 0 && rc != -ECANCELED)
         log_debug("watch: cannot send a rescan of '%s': %s", s->root, strerror(-rc));
     for (size_t i = 0; i < n; i++)
-        pb_entry_done(&all[i]);
+        fs_pb_entry_done(&all[i]);
     free(all);
     free(ptrs);
 }
@@ -1096,7 +1038,7 @@ static void envd_get_watcher_events(struct rpc_call *call, const ProtobufCMessag
     Filesystem__GetWatcherEventsResponse resp = FILESYSTEM__GET_WATCHER_EVENTS_RESPONSE__INIT;
     Filesystem__FilesystemEvent *evs = n ? xcalloc(n, sizeof(*evs)) : NULL;
     Filesystem__FilesystemEvent **ptrs = n ? xcalloc(n, sizeof(*ptrs)) : NULL;
-    struct pb_entry *pes = n ? xcalloc(n, sizeof(*pes)) : NULL;
+    struct fs_pb_entry *pes = n ? xcalloc(n, sizeof(*pes)) : NULL;
     struct item **taken = n ? xcalloc(n, sizeof(*taken)) : NULL;
     for (size_t i = 0; i < n; i++) {
         taken[i] = queue_pop(s);
@@ -1108,7 +1050,7 @@ static void envd_get_watcher_events(struct rpc_call *call, const ProtobufCMessag
     (void) rpc_reply(call, &resp.base);
     for (size_t i = 0; i < n; i++) {
         if (taken[i]->has_entry)
-            pb_entry_done(&pes[i]);
+            fs_pb_entry_done(&pes[i]);
         item_free(taken[i]);
     }
     free(evs);
