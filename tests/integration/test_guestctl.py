@@ -545,6 +545,70 @@ def test_version_without_server(tmp_path):
     assert err_text(r).startswith("guestctl: version: ")
 
 
+def test_metrics(ctl):
+    m = json.loads(ctl.ok("metrics").stdout)
+    assert m["cpu_count"] >= 1 and m["mem_total"] > 0 and "disk_total" in m
+    out = ctl.ok("metrics", "--prometheus").stdout.decode()
+    assert "# TYPE guestd_host_cpu_count gauge\n" in out
+    assert "guestd_host_memory_total_bytes " in out and out.endswith("\n")
+
+
+def test_metrics_errors(guestd_factory):
+    g = guestd_factory()
+    c = Ctl(g, "unix")
+    assert c.run("metrics", "extra").returncode == 2
+    g.stop()
+    r = c.run("metrics")
+    assert r.returncode == 1 and r.stdout == b""
+    assert err_text(r).startswith("guestctl: metrics: GET /metrics: unavailable: "), err_text(r)
+
+
+@pytest.mark.parametrize("size", [0, 1, 50 * 1024 * 1024])
+def test_cp_both_ways(ctl, tmp_path, size):
+    tmp_path = tmp_path / "cp"
+    tmp_path.mkdir()
+    data = os.urandom(size)
+    src = tmp_path / "src.bin"
+    src.write_bytes(data)
+    remote = tmp_path / "remote.bin"
+    r = ctl.ok("cp", str(src), ":" + str(remote), timeout=120)
+    assert r.stderr == b"" and r.stdout == b""  # no progress when stderr is a pipe
+    assert hashlib.sha256(remote.read_bytes()).digest() == hashlib.sha256(data).digest()
+    back = tmp_path / "back.bin"
+    r = ctl.ok("cp", ":" + str(remote), str(back), timeout=120)
+    assert r.stderr == b"" and r.stdout == b""
+    assert hashlib.sha256(back.read_bytes()).digest() == hashlib.sha256(data).digest()
+    assert sorted(os.listdir(tmp_path)) == ["back.bin", "remote.bin", "src.bin"]
+
+
+def test_cp_into_directories(uctl, tmp_path):
+    (tmp_path / "a.txt").write_bytes(b"a")
+    (tmp_path / "b.txt").write_bytes(b"bb")
+    rdir = tmp_path / "rdir"
+    rdir.mkdir()
+    uctl.ok("cp", str(tmp_path / "a.txt"), str(tmp_path / "b.txt"), ":" + str(rdir))
+    assert (rdir / "a.txt").read_bytes() == b"a" and (rdir / "b.txt").read_bytes() == b"bb"
+    ldir = tmp_path / "ldir"
+    ldir.mkdir()
+    uctl.ok("cp", ":" + str(rdir / "b.txt"), str(ldir))
+    assert os.listdir(ldir) == ["b.txt"] and (ldir / "b.txt").read_bytes() == b"bb"
+
+
+def test_cp_errors(uctl, tmp_path):
+    tmp_path = tmp_path / "cp"
+    tmp_path.mkdir()
+    dest = tmp_path / "out"
+    r = uctl.run("cp", ":" + str(tmp_path / "missing"), str(dest))
+    assert r.returncode == 1
+    assert err_text(r).startswith("guestctl: cp: downloading "), err_text(r)
+    assert "not_found" in err_text(r) or "HTTP 404" in err_text(r), err_text(r)
+    assert os.listdir(tmp_path) == []
+    r = uctl.run("cp", str(tmp_path / "missing"), ":" + str(dest))
+    assert r.returncode == 1 and "opening" in err_text(r)
+    for args in (["cp", "a"], ["cp", "a", "b"], ["cp", ":a", ":b"], ["cp", ":a", "b", "c"]):
+        assert uctl.run(*args).returncode == 2, args
+
+
 def test_json_outputs_parse(ctl, tmp_path):
     for args in (["ps", "--json"], ["ls", "--json", str(tmp_path)],
                  ["stat", "--json", str(tmp_path)]):
@@ -599,7 +663,7 @@ COMP_WORDS=(guestctl kill -s T); COMP_CWORD=3; _guestctl; echo "${{COMPREPLY[*]}
     lines = r.stdout.decode().splitlines()
     cmds = lines[0].split()
     for c in ("exec", "shell", "attach", "ps", "kill", "result", "ls", "stat", "mkdir", "mv",
-              "rm", "init", "health", "version", "help"):
+              "rm", "init", "health", "metrics", "version", "help"):
         assert c in cmds, (c, cmds)
     assert set(lines[1].split()) >= {"--tty", "--timeout", "--tag", "--to", "--token"}
     assert "TERM" in lines[2].split()

@@ -86,6 +86,7 @@ extern const struct cli_command exec_command, shell_command;
 extern const struct cli_command attach_command, ps_command, kill_command, result_command;
 extern const struct cli_command ls_command, stat_command, mkdir_command, mv_command, rm_command;
 extern const struct cli_command init_command, health_command, version_command;
+extern const struct cli_command metrics_command, cp_command;
 
 /* Prints `help` for a command (or the command list for NULL) to stdout. */
 void cli_print_help(const struct cli_command *cmd);

@@ -10,9 +10,10 @@
 #include "cli.h"
 
 static const struct cli_command *const commands[] = {
-        &exec_command,   &shell_command, &attach_command, &ps_command,      &kill_command,
-        &result_command, &ls_command,    &stat_command,   &mkdir_command,   &mv_command,
-        &rm_command,     &init_command,  &health_command, &version_command,
+        &exec_command,  &shell_command,  &attach_command,  &ps_command,
+        &kill_command,  &result_command, &ls_command,      &stat_command,
+        &mkdir_command, &mv_command,     &rm_command,      &cp_command,
+        &init_command,  &health_command, &metrics_command, &version_command,
 };
 
 static const char common_help[] =

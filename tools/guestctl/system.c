@@ -250,6 +250,54 @@ static int health_run(int argc, char **argv)
     return r;
 }
 
+static int metrics_run(int argc, char **argv)
+{
+    enum { OPT_PROMETHEUS = CLI_OPT_FIRST_COMMAND_OPTION };
+    static const struct option options[] = {
+            {"prometheus", no_argument, NULL, OPT_PROMETHEUS},
+            CLI_COMMON_LONG_OPTIONS,
+            {},
+    };
+    bool prometheus = false;
+    int c, r;
+    optind = 0;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":h", options, NULL)) != -1) {
+        if (c == OPT_PROMETHEUS) {
+            prometheus = true;
+            continue;
+        }
+        r = cli_common_option(c, argv);
+        if (r != CLI_CONTINUE)
+            return r;
+    }
+    if (optind < argc)
+        return cli_usage("unexpected argument '%s'", argv[optind]);
+
+    _cleanup_client_ struct client *cl = NULL;
+    r = cli_client_new(0, &cl);
+    if (r != 0)
+        return r;
+    const char *what = prometheus ? "GET /metrics?format=prometheus" : "GET /metrics";
+    struct client_request req = {.method = "GET", .target = what + 4};
+    const struct client_response *resp = NULL;
+    struct buf body;
+    buf_init(&body, SYSTEM_MAX_REPLY_BYTES);
+    r = client_fetch(cl, &req, &body, &resp);
+    if (r < 0)
+        r = cli_fail_transport(what, r);
+    else if (resp->status != 200)
+        r = fail_http(what, resp, &body);
+    else {
+        if (body.len > 0)
+            (void) fwrite(body.data, 1, body.len, stdout);
+        if (body.len > 0 && body.data[body.len - 1] != '\n')
+            (void) putchar('\n');
+    }
+    buf_free(&body);
+    return r;
+}
+
 static void copy_header(const struct client_response *resp, const char *name, char *out, size_t len)
 {
     const char *v = client_response_header(resp, name);
@@ -342,6 +390,19 @@ const struct cli_command health_command = {
         .help = "Usage: guestctl health\n"
                 "\n"
                 "GETs /health and prints 'ok' when guestd answers 204; exits 1 otherwise.\n",
+};
+
+const struct cli_command metrics_command = {
+        .name = "metrics",
+        .run = metrics_run,
+        .summary = "show the guest's CPU, memory and disk use (GET /metrics)",
+        .help = "Usage: guestctl metrics [--prometheus]\n"
+                "\n"
+                "GETs /metrics and prints the body: one JSON object, or with --prometheus the\n"
+                "Prometheus text exposition format.\n"
+                "\n"
+                "Options:\n"
+                "      --prometheus      ask for ?format=prometheus\n",
 };
 
 const struct cli_command version_command = {
