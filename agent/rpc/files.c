@@ -245,6 +245,24 @@ static int resolve_path(const char *default_workdir, const char *home, const cha
     return r;
 }
 
+/* The request's user and its resolved `path`; answers 401 or 400 itself on failure. */
+static int request_target(struct http_req *req, const struct agent_state *st,
+                          const struct files_params *p, struct user_info *ret_user, char **ret_path)
+{
+    char err[FILES_MESSAGE_MAX];
+    int r = lookup_user(req, st, p->username, ret_user);
+    if (r < 0)
+        return r;
+    r = resolve_path(st->default_workdir, ret_user->home, ret_user->name, p->path, ret_path, err,
+                     sizeof(err));
+    if (r < 0) {
+        rest_errorf(req, 400, "error expanding and resolving path '%s': %s", p->path ? p->path : "",
+                    err);
+        user_info_done(ret_user);
+    }
+    return r;
+}
+
 /* The user's groups, read once per transfer on its first worker step. */
 struct files_user {
     uid_t uid;
@@ -737,17 +755,9 @@ static void files_download(struct http_req *req, const struct agent_state *st,
                            const struct files_params *p)
 {
     struct user_info u = {0};
-    char err[FILES_MESSAGE_MAX];
     char *resolved = NULL;
-    if (lookup_user(req, st, p->username, &u) < 0)
+    if (request_target(req, st, p, &u, &resolved) < 0)
         return;
-    if (resolve_path(st->default_workdir, u.home, u.name, p->path, &resolved, err, sizeof(err)) <
-        0) {
-        rest_errorf(req, 400, "error expanding and resolving path '%s': %s", p->path ? p->path : "",
-                    err);
-        user_info_done(&u);
-        return;
-    }
     struct download *dl = xcalloc(1, sizeof(*dl));
     dl->req = req;
     dl->fd = -1;
@@ -1092,17 +1102,9 @@ static void files_tar_download(struct http_req *req, const struct agent_state *s
                                const struct files_params *p)
 {
     struct user_info u = {0};
-    char err[FILES_MESSAGE_MAX];
     char *resolved = NULL;
-    if (lookup_user(req, st, p->username, &u) < 0)
+    if (request_target(req, st, p, &u, &resolved) < 0)
         return;
-    if (resolve_path(st->default_workdir, u.home, u.name, p->path, &resolved, err, sizeof(err)) <
-        0) {
-        rest_errorf(req, 400, "error expanding and resolving path '%s': %s", p->path ? p->path : "",
-                    err);
-        user_info_done(&u);
-        return;
-    }
     struct tardl *td = xcalloc(1, sizeof(*td));
     td->req = req;
     td->fd = -1;
