@@ -557,7 +557,7 @@ static void fs_on_cancel(struct rpc_call *call, enum rpc_code why)
  * when `allow_empty` is false); "~" and "~/x" → home; relative → under home; then cleaned.
  * Answers the call on failure.
  */
-static int resolve_path(struct rpc_call *call, const char *p, bool allow_empty, char **ret)
+int fs_resolve_path(struct rpc_call *call, const char *p, bool allow_empty, char **ret)
 {
     struct rpc_ctx *ctx = rpc_call_ctx(call);
     const char *want = p;
@@ -614,7 +614,7 @@ static void fs_stat(struct rpc_call *call, const ProtobufCMessage *in)
 {
     const Filesystem__StatRequest *req = (const Filesystem__StatRequest *) in;
     struct fs_job *job = job_new(call, FS_OP_STAT);
-    if (resolve_path(call, req->path, true, &job->path) < 0) {
+    if (fs_resolve_path(call, req->path, true, &job->path) < 0) {
         job_free(job);
         return;
     }
@@ -625,7 +625,7 @@ static void fs_make_dir(struct rpc_call *call, const ProtobufCMessage *in)
 {
     const Filesystem__MakeDirRequest *req = (const Filesystem__MakeDirRequest *) in;
     struct fs_job *job = job_new(call, FS_OP_MAKE_DIR);
-    if (resolve_path(call, req->path, true, &job->path) < 0) {
+    if (fs_resolve_path(call, req->path, true, &job->path) < 0) {
         job_free(job);
         return;
     }
@@ -638,8 +638,8 @@ static void fs_move(struct rpc_call *call, const ProtobufCMessage *in)
     struct fs_job *job = job_new(call, FS_OP_MOVE);
     /* An empty source or destination would move the home directory (envd resolves "" to the
      * default workdir or home); refuse it rather than act on a missing field. */
-    if (resolve_path(call, req->source, false, &job->path) < 0 ||
-        resolve_path(call, req->destination, false, &job->path2) < 0) {
+    if (fs_resolve_path(call, req->source, false, &job->path) < 0 ||
+        fs_resolve_path(call, req->destination, false, &job->path2) < 0) {
         job_free(job);
         return;
     }
@@ -651,7 +651,7 @@ static void fs_list_dir(struct rpc_call *call, const ProtobufCMessage *in)
     const Filesystem__ListDirRequest *req = (const Filesystem__ListDirRequest *) in;
     struct fs_job *job = job_new(call, FS_OP_LIST_DIR);
     job->depth = req->depth ? req->depth : 1;
-    if (resolve_path(call, req->path, true, &job->path) < 0) {
+    if (fs_resolve_path(call, req->path, true, &job->path) < 0) {
         job_free(job);
         return;
     }
@@ -663,7 +663,7 @@ static void fs_remove(struct rpc_call *call, const ProtobufCMessage *in)
     const Filesystem__RemoveRequest *req = (const Filesystem__RemoveRequest *) in;
     struct fs_job *job = job_new(call, FS_OP_REMOVE);
     /* envd would resolve "" to the default workdir or home and delete it: refuse instead. */
-    if (resolve_path(call, req->path, false, &job->path) < 0) {
+    if (fs_resolve_path(call, req->path, false, &job->path) < 0) {
         job_free(job);
         return;
     }

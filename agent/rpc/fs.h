@@ -6,6 +6,7 @@
  */
 #pragma once
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "filesystem/filesystem.pb-c.h"
@@ -20,6 +21,13 @@ struct fs_pb_entry {
     Filesystem__EntryInfo__MetadataEntry *meta;
     Filesystem__EntryInfo__MetadataEntry **meta_ptrs;
 };
+
+/*
+ * envd's ExpandAndResolve for the run-as user of `call`: "" → the default workdir if set, else
+ * home (or invalid_argument "path is required" unless allow_empty); "~" and "~/x" → home;
+ * relative → under home; cleaned. Answers the call with invalid_argument on failure.
+ */
+int fs_resolve_path(struct rpc_call *call, const char *p, bool allow_empty, char **ret);
 
 void fs_pb_entry_fill(struct fs_pb_entry *p, const struct fsop_entry *e);
 /* Frees what fs_pb_entry_fill allocated (not the entry's strings). */

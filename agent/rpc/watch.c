@@ -882,30 +882,6 @@ static struct sink *poller_find(const char *id)
     return NULL;
 }
 
-/*
- * envd's ExpandAndResolve: "" → the default workdir if set, else home; "~" and "~/x" → home;
- * relative → under home; then cleaned. Answers the call on failure.
- */
-static int resolve_path(struct rpc_call *call, const char *p, char **ret)
-{
-    struct rpc_ctx *ctx = rpc_call_ctx(call);
-    const char *want = p;
-    if (!*want)
-        want = ctx->state->default_workdir && *ctx->state->default_workdir
-                       ? ctx->state->default_workdir
-                       : "~";
-    int r = path_expand(want, ctx->user.home, ret);
-    if (r == -EINVAL)
-        rpc_fail(call, RPC_INVALID_ARGUMENT,
-                 "failed to expand path '%s' for user '%s': cannot expand user-specific home dir",
-                 want, ctx->user.name);
-    else if (r == -ENAMETOOLONG)
-        rpc_fail(call, RPC_INVALID_ARGUMENT, "path is longer than %d bytes", PATH_MAX_BYTES);
-    else if (r < 0)
-        rpc_fail(call, RPC_INVALID_ARGUMENT, "invalid path '%s'", want);
-    return r;
-}
-
 /* Starts a watch for `call`; the sink answers the call once the walk is done. */
 static void sink_start(struct rpc_call *call, enum sink_kind kind, const char *path, bool recursive,
                        bool include_entry, bool allow_network_mounts)
@@ -915,7 +891,7 @@ static void sink_start(struct rpc_call *call, enum sink_kind kind, const char *p
     char *root = NULL;
     int r;
 
-    if (resolve_path(call, path, &root) < 0)
+    if (fs_resolve_path(call, path, true, &root) < 0)
         return;
     if (svc.n_sinks >= WATCH_MAX_WATCHES) {
         rpc_fail(call, RPC_RESOURCE_EXHAUSTED, "too many watches: guestd keeps at most %d at once",
